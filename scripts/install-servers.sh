@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the real protocol servers the STARTTLS tests run on loopback (Debian/Ubuntu, root).
+# Packaged instances are kept from starting (policy-rc.d) and stopped if they did start, so
+# that the tests can use the well-known ports (389, 5432, ...) themselves.
+set -euo pipefail
+PACKAGES=(
+  openssl
+  slapd ldap-utils
+  postgresql
+  mariadb-server
+  dovecot-imapd dovecot-pop3d dovecot-managesieved
+  vsftpd
+  prosody
+)
+export DEBIAN_FRONTEND=noninteractive
+created_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  created_policy=1
+fi
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+for service in slapd postgresql mariadb dovecot vsftpd prosody; do
+  service "$service" stop >/dev/null 2>&1 || true
+done
+pkill -x slapd || true
+pkill -x prosody || true

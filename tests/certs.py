@@ -1,0 +1,191 @@
+"""Certificate factory for tests: CA -> intermediate -> leaf chains written as PEM files."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def new_key(kind: str = "rsa", bits: int = 2048) -> PrivateKey:
+    """A fresh RSA (``bits``) or ECDSA P-256 key."""
+    if kind == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_cert(
+    *,
+    cn: str,
+    key: PrivateKey,
+    issuer_cn: str | None = None,
+    issuer_key: PrivateKey | None = None,
+    ca: bool = False,
+    sans: tuple[str, ...] = (),
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    days: float = 90,
+    serial: int | None = None,
+    hash_name: str = "sha256",
+) -> x509.Certificate:
+    """One certificate; self-signed unless an issuer name and key are given."""
+    now = datetime.now(UTC)
+    start = not_before or now - timedelta(days=1)
+    end = not_after or now + timedelta(days=days)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(issuer_cn or cn))
+        .public_key(key.public_key())
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        names: list[x509.GeneralName] = []
+        for san in sans:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(san)))
+            except ValueError:
+                names.append(x509.DNSName(san))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    algorithm = hashes.SHA256()
+    return builder.sign(issuer_key or key, algorithm)
+
+
+def der(cert: x509.Certificate) -> bytes:
+    """DER bytes of ``cert``."""
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    """PEM bytes of ``cert``."""
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """Unencrypted PKCS#8 PEM of ``key``."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A server's files: ``cert_file`` holds leaf then intermediates; ``ders`` what it presents."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    ders: tuple[bytes, ...]
+    leaf: x509.Certificate
+
+
+def make_chain(
+    directory: Path,
+    *,
+    cn: str = "localhost",
+    kind: str = "rsa",
+    days: float = 90,
+    intermediate: bool = True,
+    sans: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
+    name: str = "server",
+    not_after: datetime | None = None,
+) -> Chain:
+    """Write a root CA, an optional intermediate and a leaf for ``cn`` under ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    root_key = new_key(kind)
+    root = make_cert(cn=f"{name} Test Root CA", key=root_key, ca=True, days=3650)
+    issuer, issuer_key = root, root_key
+    presented: list[x509.Certificate] = []
+    if intermediate:
+        inter_key = new_key(kind)
+        inter = make_cert(
+            cn=f"{name} Test Issuing CA",
+            key=inter_key,
+            issuer_cn=f"{name} Test Root CA",
+            issuer_key=root_key,
+            ca=True,
+            days=1825,
+        )
+        issuer, issuer_key = inter, inter_key
+    leaf_key = new_key(kind)
+    leaf = make_cert(
+        cn=cn,
+        key=leaf_key,
+        issuer_cn=issuer.subject.rfc4514_string()[3:],
+        issuer_key=issuer_key,
+        sans=sans,
+        days=days,
+        not_after=not_after,
+    )
+    presented.append(leaf)
+    if intermediate:
+        presented.append(issuer)
+    cert_file = directory / f"{name}.crt"
+    key_file = directory / f"{name}.key"
+    ca_file = directory / f"{name}-ca.crt"
+    cert_file.write_bytes(b"".join(pem(c) for c in presented))
+    key_file.write_bytes(key_pem(leaf_key))
+    key_file.chmod(0o600)
+    ca_file.write_bytes(pem(root))
+    return Chain(cert_file, key_file, ca_file, tuple(der(c) for c in presented), leaf)
+
+
+def self_signed(
+    directory: Path,
+    *,
+    cn: str = "localhost",
+    name: str = "selfsigned",
+    bits: int = 2048,
+    hash_name: str = "sha256",
+    days: float = 90,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    serial: int | None = None,
+) -> Chain:
+    """A self-signed leaf (no intermediate): legacy RSA-1024/SHA-1, expired, odd serials..."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    if hash_name == "sha1":
+        return _openssl_sha1(cert_file, key_file, cn=cn, bits=bits, days=days)
+    key = new_key("rsa", bits)
+    cert = make_cert(
+        cn=cn, key=key, sans=(cn,), hash_name=hash_name, days=days,
+        not_before=not_before, not_after=not_after, serial=serial,
+    )  # fmt: skip
+    cert_file.write_bytes(pem(cert))
+    key_file.write_bytes(key_pem(key))
+    key_file.chmod(0o600)
+    return Chain(cert_file, key_file, cert_file, (der(cert),), cert)
+
+
+def _openssl_sha1(cert_file: Path, key_file: Path, *, cn: str, bits: int, days: float) -> Chain:
+    """cryptography refuses to sign with SHA-1, so legacy certificates come from openssl."""
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", f"rsa:{bits}", "-sha1", "-nodes",
+            "-subj", f"/CN={cn}", "-days", str(max(1, int(days))),
+            "-keyout", str(key_file), "-out", str(cert_file),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    return Chain(cert_file, key_file, cert_file, (der(cert),), cert)

@@ -1,0 +1,113 @@
+"""Pure summaries of DER certificates; a field that does not parse becomes None plus a warning.
+
+Retrieval never depends on this module: a certificate strict parsers reject is still
+reported, only its summary is partial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+from trackssl_agent.results import CertSummary
+
+T = TypeVar("T")
+
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
+def to_pem(der: bytes) -> str:
+    """PEM text of one DER certificate."""
+    return ssl.DER_cert_to_PEM_cert(der)
+
+
+def sha256_hex(der: bytes) -> str:
+    """Lowercase hex SHA-256 of the DER bytes, no colons."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def _field(name: str, read: Callable[[], T], warnings: list[str]) -> T | None:
+    try:
+        return read()
+    except Exception as exc:
+        warnings.append(f"certificate {name} could not be parsed ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _key_description(cert: x509.Certificate) -> str:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {_CURVES.get(key.curve.name, key.curve.name)}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448"
+    if isinstance(key, dsa.DSAPublicKey):
+        return f"DSA {key.key_size}"
+    return type(key).__name__
+
+
+def _sans(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    names: list[str] = [str(n) for n in ext.value.get_values_for_type(x509.DNSName)]
+    names += [str(ip) for ip in ext.value.get_values_for_type(x509.IPAddress)]
+    return tuple(names)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except InvalidSignature:
+        return False
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # Legacy signatures (SHA-1, MD5) cannot be checked here; matching names decide.
+        return True
+    return True
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def summarize(der: bytes) -> CertSummary:
+    """Summarize one DER certificate; never raises."""
+    warnings: list[str] = []
+    digest = sha256_hex(der)
+    cert = _field("structure", lambda: x509.load_der_x509_certificate(der), warnings)
+    if cert is None:
+        return CertSummary(
+            subject=None, issuer=None, serial=None, sha256=digest, not_before=None,
+            not_after=None, sans=None, key=None, signature_algorithm=None, self_signed=None,
+            warnings=tuple(warnings),
+        )  # fmt: skip
+    return CertSummary(
+        subject=_field("subject", cert.subject.rfc4514_string, warnings),
+        issuer=_field("issuer", cert.issuer.rfc4514_string, warnings),
+        serial=_field("serial", lambda: format(cert.serial_number, "x"), warnings),
+        sha256=digest,
+        not_before=_field("not_before", lambda: _utc(cert.not_valid_before_utc), warnings),
+        not_after=_field("not_after", lambda: _utc(cert.not_valid_after_utc), warnings),
+        sans=_field("subjectAltName", lambda: _sans(cert), warnings),
+        key=_field("public key", lambda: _key_description(cert), warnings),
+        signature_algorithm=_field(
+            "signature algorithm",
+            lambda: cert.signature_algorithm_oid._name,
+            warnings,
+        ),
+        self_signed=_field("self-signed check", lambda: _self_signed(cert), warnings),
+        warnings=tuple(warnings),
+    )
