@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+import warnings as pywarnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -15,10 +16,14 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 from trackssl_agent.results import CertSummary
 
 T = TypeVar("T")
+
+# Non-conforming serials are reported through our own warning instead (see summarize).
+pywarnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
 
 _CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
@@ -79,6 +84,16 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
+def _conformance(cert: x509.Certificate) -> list[str]:
+    try:
+        serial = cert.serial_number
+    except Exception:
+        return []
+    if serial <= 0:
+        return ["certificate serial number is not positive (RFC 5280 forbids it)"]
+    return []
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -109,5 +124,5 @@ def summarize(der: bytes) -> CertSummary:
             warnings,
         ),
         self_signed=_field("self-signed check", lambda: _self_signed(cert), warnings),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings + _conformance(cert)),
     )

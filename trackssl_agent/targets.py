@@ -139,15 +139,19 @@ def parse_target(text: str, *, starttls: str = protocols.AUTO) -> Target:
     else:
         port = _parse_port(text, port_text)
     try:
-        host = str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
+        host = str(address)
         is_ip = True
     except ValueError:
-        if ":" in host:
+        if ":" in host or rest.startswith("["):
             raise UsageError(
                 f"invalid target {text!r}: {host!r} is not a valid IPv6 address"
             ) from None
         host = _check_hostname(text, host)
         is_ip = False
+    else:
+        if rest.startswith("[") and address.version != 6:
+            raise UsageError(f"invalid target {text!r}: brackets are for IPv6 addresses only")
     chosen = protocols.select(
         scheme_protocol=scheme_protocol, has_scheme=has_scheme, port=port, option=starttls
     )

@@ -1,0 +1,283 @@
+"""The probe engine against real TLS and misbehaving servers on loopback."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests import tls_servers
+from tests.certs import Chain, make_chain, self_signed
+from trackssl_agent.certificates import summarize
+from trackssl_agent.probe import ProbeSettings, client_context, probe, probe_many
+from trackssl_agent.results import ErrorKind
+from trackssl_agent.targets import parse_target
+
+FAST = ProbeSettings(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for this module's certificates."""
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture(scope="module")
+def rsa_chain(certs: Path) -> Chain:
+    """An RSA leaf signed by an intermediate."""
+    return make_chain(certs, kind="rsa", name="rsa")
+
+
+@pytest.fixture(scope="module")
+def rsa_server(rsa_chain: Chain) -> Iterator[tls_servers.TcpServer]:
+    """A TLS server presenting the RSA chain."""
+    with tls_servers.running(tls_servers.tls_server(tls_servers.server_context(rsa_chain))) as s:
+        yield s
+
+
+def test_rsa_chain_with_intermediate(rsa_chain: Chain, rsa_server: tls_servers.TcpServer) -> None:
+    """The whole presented chain comes back, leaf first, with version and cipher."""
+    result = probe(parse_target(rsa_server.endpoint), FAST)
+    assert result.ok, result.error
+    assert result.chain == rsa_chain.ders
+    assert result.tls_version == "TLSv1.3"
+    assert result.cipher
+    assert result.address == "127.0.0.1"
+    assert result.servername is None  # IP literal: no SNI
+
+
+def test_ecdsa_chain_with_intermediate(certs: Path) -> None:
+    """ECDSA chains are captured the same way, and the key is described as EC P-256."""
+    chain = make_chain(certs, kind="ec", name="ec")
+    with tls_servers.running(tls_servers.tls_server(tls_servers.server_context(chain))) as server:
+        result = probe(parse_target(server.endpoint), FAST)
+    assert result.chain == chain.ders
+    assert summarize(result.chain[0]).key == "EC P-256"
+
+
+def test_self_signed_and_expired(certs: Path) -> None:
+    """A self-signed, expired certificate is still retrieved; the summary says so."""
+    past = datetime.now(UTC) - timedelta(days=3)
+    chain = self_signed(certs, name="expired", not_before=past - timedelta(days=30), not_after=past)
+    with tls_servers.running(tls_servers.tls_server(tls_servers.server_context(chain))) as server:
+        result = probe(parse_target(server.endpoint), FAST)
+    assert result.ok
+    summary = summarize(result.chain[0])
+    assert summary.self_signed is True
+    days = summary.days_remaining(datetime.now(UTC))
+    assert days is not None
+    assert days < 0
+
+
+def test_sni_name_selects_certificate(certs: Path) -> None:
+    """The host name goes out as SNI; --servername overrides it; an IP literal sends none."""
+    default = make_chain(certs, cn="default.test", name="sni-default", intermediate=False)
+    alpha = make_chain(certs, cn="alpha.test", name="sni-alpha", intermediate=False)
+    contexts = {"alpha.test": tls_servers.server_context(alpha)}
+    server = tls_servers.sni_server(contexts, tls_servers.server_context(default))
+    with tls_servers.running(server):
+        by_ip = probe(parse_target(server.endpoint), FAST)
+        by_name = probe(parse_target(f"localhost:{server.port}"), FAST)
+        forced = probe(
+            parse_target(server.endpoint), ProbeSettings(timeout=5, servername="alpha.test")
+        )
+    assert by_ip.chain == default.ders
+    assert by_name.servername == "localhost"
+    assert by_name.chain == default.ders
+    assert forced.servername == "alpha.test"
+    assert forced.chain == alpha.ders
+
+
+def test_ipv6_loopback(rsa_chain: Chain) -> None:
+    """A server on ::1 is reached through a bracketed literal, and -6 keeps it."""
+    context = tls_servers.server_context(rsa_chain)
+    with tls_servers.running(tls_servers.tls_server(context, host="::1")) as server:
+        result = probe(parse_target(f"[::1]:{server.port}"), FAST)
+        only_v4 = probe(
+            parse_target(f"[::1]:{server.port}"), ProbeSettings(timeout=5, family=socket.AF_INET)
+        )
+    assert result.ok
+    assert result.address == "::1"
+    assert result.chain == rsa_chain.ders
+    assert not only_v4.ok
+    assert only_v4.error is not None
+    assert only_v4.error.kind == ErrorKind.DNS
+
+
+def test_legacy_tls1_sha1_rsa1024(certs: Path) -> None:
+    """A TLS 1.0 server with an RSA-1024/SHA-1 certificate (openssl s_server -tls1) is read."""
+    chain = self_signed(certs, name="legacy", bits=1024, hash_name="sha1")
+    server = tls_servers.OpensslServer(chain, "-tls1", "-cipher", "ALL:@SECLEVEL=0")
+    try:
+        result = probe(parse_target(f"127.0.0.1:{server.port}"), FAST)
+    finally:
+        server.close()
+    assert result.ok, result.error
+    assert result.tls_version == "TLSv1"
+    assert result.chain == chain.ders
+    summary = summarize(result.chain[0])
+    assert summary.key == "RSA 1024"
+    assert summary.signature_algorithm == "sha1WithRSAEncryption"
+
+
+def test_legacy_tls11(certs: Path) -> None:
+    """A TLS 1.1-only server is read too."""
+    chain = self_signed(certs, name="legacy11", bits=1024, hash_name="sha1")
+    server = tls_servers.OpensslServer(chain, "-tls1_1", "-cipher", "ALL:@SECLEVEL=0")
+    try:
+        result = probe(parse_target(f"127.0.0.1:{server.port}"), FAST)
+    finally:
+        server.close()
+    assert result.ok, result.error
+    assert result.tls_version == "TLSv1.1"
+
+
+def test_client_context_accepts_legacy_servers() -> None:
+    """The shared context allows unsafe legacy renegotiation servers and every version."""
+    context = client_context()
+    assert context.options & 0x4  # OP_LEGACY_SERVER_CONNECT: servers without RFC 5746
+    assert context.minimum_version == ssl.TLSVersion.MINIMUM_SUPPORTED
+    assert context.verify_mode == ssl.CERT_NONE
+    assert context is client_context()  # built once
+
+
+def test_client_certificate_demanded_tls12(rsa_chain: Chain, certs: Path) -> None:
+    """A TLS 1.2 server that demands a client certificate still yields its chain, with a warning."""
+    context = tls_servers.server_context(
+        rsa_chain, max_version=ssl.TLSVersion.TLSv1_2, client_ca=rsa_chain.ca_file
+    )
+    with tls_servers.running(tls_servers.tls_server(context)) as server:
+        result = probe(parse_target(server.endpoint), FAST)
+    assert result.ok
+    assert result.chain == rsa_chain.ders
+    assert result.warnings
+    assert "broke off" in result.warnings[0]
+
+
+def test_client_certificate_demanded_tls13(rsa_chain: Chain) -> None:
+    """Under TLS 1.3 the demand arrives after our side finished: the chain is taken cleanly."""
+    context = tls_servers.server_context(rsa_chain, client_ca=rsa_chain.ca_file)
+    with tls_servers.running(tls_servers.tls_server(context)) as server:
+        result = probe(parse_target(server.endpoint), FAST)
+    assert result.ok
+    assert result.chain == rsa_chain.ders
+
+
+def test_closed_port() -> None:
+    """Nothing listening is `refused`."""
+    port = tls_servers.free_port()
+    result = probe(parse_target(f"127.0.0.1:{port}"), FAST)
+    assert result.error is not None
+    assert result.error.kind == ErrorKind.REFUSED
+    assert f"127.0.0.1:{port}" in result.error.message
+
+
+def test_silent_listener_times_out_at_deadline() -> None:
+    """A listener that never answers ends at the deadline as `timeout`."""
+    with tls_servers.running(tls_servers.silent_server()) as server:
+        started = time.monotonic()
+        result = probe(parse_target(server.endpoint), ProbeSettings(timeout=1.0))
+        elapsed = time.monotonic() - started
+    assert result.error is not None
+    assert result.error.kind == ErrorKind.TIMEOUT
+    assert 0.9 <= elapsed < 2.0
+
+
+def test_trickling_server_is_cut_off_at_deadline() -> None:
+    """A server sending one byte at a time cannot stretch the single deadline."""
+    with tls_servers.running(tls_servers.trickle_server(interval=0.1)) as server:
+        started = time.monotonic()
+        result = probe(parse_target(server.endpoint), ProbeSettings(timeout=1.0))
+        elapsed = time.monotonic() - started
+    assert result.error is not None
+    assert result.error.kind == ErrorKind.TIMEOUT
+    assert elapsed < 2.0
+
+
+def test_reset_after_client_hello() -> None:
+    """An RST in answer to the ClientHello is `reset`."""
+    with tls_servers.running(tls_servers.reset_server()) as server:
+        result = probe(parse_target(server.endpoint), FAST)
+    assert result.error is not None
+    assert result.error.kind == ErrorKind.RESET
+
+
+def test_plain_http_server_is_not_tls() -> None:
+    """An HTTP answer to a ClientHello is `not_tls`, quoting what the server said."""
+    with tls_servers.running(tls_servers.http_server()) as server:
+        result = probe(parse_target(server.endpoint), FAST)
+    assert result.error is not None
+    assert result.error.kind == ErrorKind.NOT_TLS
+    assert "HTTP/1.1 400" in result.error.message
+
+
+def test_unresolvable_name_is_dns() -> None:
+    """A name that does not resolve is `dns` (the .invalid TLD never resolves, RFC 6761)."""
+    result = probe(parse_target("no-such-host.invalid:443"), FAST)
+    assert result.error is not None
+    assert result.error.kind == ErrorKind.DNS
+
+
+def test_sends_only_handshake_and_closes(rsa_chain: Chain) -> None:
+    """The server sees a ClientHello first, no application data, and the client closes."""
+    context = tls_servers.server_context(rsa_chain, max_version=ssl.TLSVersion.TLSv1_2)
+    with tls_servers.running(tls_servers.tls_server(context)) as backend:
+        proxy = tls_servers.RecordingProxy(backend.port)
+        try:
+            result = probe(parse_target(f"127.0.0.1:{proxy.port}"), FAST)
+            assert proxy.client_closed.wait(5)
+        finally:
+            proxy.close()
+    assert result.ok
+    sent = bytes(proxy.received)
+    assert sent[0] == 0x16
+    assert b"GET " not in sent
+    assert set(tls_servers.record_types(sent)) <= {0x14, 0x15, 0x16}  # no 0x17 app data
+
+
+def test_denied_target_is_never_contacted(rsa_server: tls_servers.TcpServer) -> None:
+    """An allow rule that rejects the address yields `denied` and no connection."""
+    before = len(rsa_server.connections)
+    settings = ProbeSettings(timeout=5, allow=lambda target, address: False)
+    result = probe(parse_target(rsa_server.endpoint), settings)
+    time.sleep(0.1)
+    assert result.error is not None
+    assert result.error.kind == ErrorKind.DENIED
+    assert len(rsa_server.connections) == before
+
+
+def test_probe_many_yields_every_target_with_index(
+    rsa_chain: Chain, rsa_server: tls_servers.TcpServer
+) -> None:
+    """probe_many returns one result per target, tagged with its input index."""
+    targets = [parse_target(rsa_server.endpoint) for _ in range(20)]
+    targets.insert(7, parse_target("127.0.0.1:1"))
+    seen = dict(probe_many(targets, FAST, concurrency=4))
+    assert sorted(seen) == list(range(21))
+    assert not seen[7].ok
+    assert all(seen[i].chain == rsa_chain.ders for i in seen if i != 7)
+
+
+def test_probe_many_stop_prevents_new_probes(rsa_server: tls_servers.TcpServer) -> None:
+    """Once stop is set, no further target is started."""
+    stop = threading.Event()
+    stop.set()
+    targets = [parse_target(rsa_server.endpoint) for _ in range(10)]
+    assert list(probe_many(targets, FAST, concurrency=2, stop=stop)) == []
+
+
+def test_many_targets_run_concurrently() -> None:
+    """Twenty silent targets with a 1 s deadline finish together, not one after another."""
+    with tls_servers.running(tls_servers.silent_server()) as server:
+        targets = [parse_target(server.endpoint) for _ in range(20)]
+        started = time.monotonic()
+        results = list(probe_many(targets, ProbeSettings(timeout=1.0), concurrency=20))
+        elapsed = time.monotonic() - started
+    assert len(results) == 20
+    assert elapsed < 3.0

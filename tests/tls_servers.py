@@ -1,0 +1,256 @@
+"""Real TLS and misbehaving TCP servers on loopback for the probe tests.
+
+Every server listens on a free port of 127.0.0.1 (or ::1) and runs in daemon threads of the
+test process, except the legacy one, which is ``openssl s_server`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tests.certs import Chain
+
+Handler = Callable[[socket.socket], None]
+
+
+class TcpServer:
+    """A loopback listener that hands each accepted connection to ``handler`` in a thread."""
+
+    def __init__(self, handler: Handler, *, host: str = "127.0.0.1", accept: bool = True) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(256)
+        self.host = host
+        self.port: int = self.sock.getsockname()[1]
+        self.handler = handler
+        self.connections: list[socket.socket] = []
+        self._closed = threading.Event()
+        if accept:
+            threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` as a TARGET."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            self.handler(conn)
+
+    def close(self) -> None:
+        """Stop accepting and close every connection."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self.sock.close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+def server_context(
+    chain: Chain,
+    *,
+    max_version: ssl.TLSVersion | None = None,
+    client_ca: Path | None = None,
+) -> ssl.SSLContext:
+    """A server context presenting ``chain``; ``client_ca`` demands a client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain.cert_file, chain.key_file)
+    if max_version is not None:
+        context.maximum_version = max_version
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
+
+
+def tls_handler(context: ssl.SSLContext) -> Handler:
+    """Handshake as a server, then wait for the client to close."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        with context.wrap_socket(conn, server_side=True) as tls, contextlib.suppress(OSError):
+            tls.recv(1)
+
+    return handle
+
+
+def tls_server(context: ssl.SSLContext, host: str = "127.0.0.1") -> TcpServer:
+    """A TLS server with ``context`` on loopback."""
+    return TcpServer(tls_handler(context), host=host)
+
+
+def sni_server(contexts: dict[str, ssl.SSLContext], default: ssl.SSLContext) -> TcpServer:
+    """Presents the certificate of the SNI name it is asked for, ``default`` otherwise."""
+
+    def pick(tls: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if name in contexts:
+            tls.context = contexts[name]
+
+    default.sni_callback = pick
+    return tls_server(default)
+
+
+def silent_server() -> TcpServer:
+    """Accepts connections (the kernel completes them) and never says a word."""
+    return TcpServer(lambda conn: time.sleep(3600), accept=True)
+
+
+def trickle_server(interval: float = 0.2) -> TcpServer:
+    """Answers a ClientHello with a TLS record header, then one byte per ``interval``."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"\x16\x03\x03\x40\x00")
+        for _ in range(600):
+            time.sleep(interval)
+            conn.sendall(b"\x00")
+
+    return TcpServer(handle)
+
+
+def reset_server() -> TcpServer:
+    """Reads the ClientHello, then resets the connection (RST, not FIN)."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    return TcpServer(handle)
+
+
+def http_server() -> TcpServer:
+    """A plain HTTP server: answers anything with a 400 page."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        conn.close()
+
+    return TcpServer(handle)
+
+
+class RecordingProxy:
+    """Forwards to a backend and records every byte the client sent, and when it closed."""
+
+    def __init__(self, backend_port: int) -> None:
+        self.backend_port = backend_port
+        self.received = bytearray()
+        self.client_closed = threading.Event()
+        self.server = TcpServer(self._handle)
+        self.port = self.server.port
+
+    def _handle(self, client: socket.socket) -> None:
+        backend = socket.create_connection(("127.0.0.1", self.backend_port), timeout=10)
+
+        def pump_back() -> None:
+            with contextlib.suppress(OSError):
+                while data := backend.recv(65536):
+                    client.sendall(data)
+
+        threading.Thread(target=pump_back, daemon=True).start()
+        client.settimeout(10)
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            self.received += data
+            backend.sendall(data)
+        self.client_closed.set()
+        backend.close()
+
+    def close(self) -> None:
+        """Stop the proxy."""
+        self.server.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def record_types(stream: bytes) -> list[int]:
+    """The content types of the TLS records in ``stream``."""
+    types: list[int] = []
+    offset = 0
+    while offset + 5 <= len(stream):
+        types.append(stream[offset])
+        (length,) = struct.unpack("!H", stream[offset + 3 : offset + 5])
+        offset += 5 + length
+    return types
+
+
+class OpensslServer:
+    """``openssl s_server`` for legacy protocol versions and ciphers."""
+
+    def __init__(self, chain: Chain, *extra: str) -> None:
+        if shutil.which("openssl") is None:
+            raise RuntimeError("openssl is not installed")
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.proc = subprocess.Popen(
+            [
+                "openssl", "s_server", "-accept", f"127.0.0.1:{self.port}",
+                "-cert", str(chain.cert_file), "-key", str(chain.key_file), "-quiet", *extra,
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+        self.close()
+        raise RuntimeError(f"openssl s_server did not start: {err}")
+
+    def close(self) -> None:
+        """Stop the server."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+@contextlib.contextmanager
+def running(server: TcpServer) -> Iterator[TcpServer]:
+    """Close ``server`` at the end of the block."""
+    try:
+        yield server
+    finally:
+        server.close()
