@@ -281,3 +281,20 @@ def test_many_targets_run_concurrently() -> None:
         elapsed = time.monotonic() - started
     assert len(results) == 20
     assert elapsed < 3.0
+
+
+def test_every_address_is_tried_until_one_connects(rsa_server: tls_servers.TcpServer) -> None:
+    """A refused first address does not end the probe: the next address is tried."""
+    from trackssl_agent.probe import _connect  # noqa: PLC0415 - the unit under test is private
+    from trackssl_agent.transport import Deadline  # noqa: PLC0415
+
+    closed = tls_servers.free_port()
+    addresses = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", closed)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", rsa_server.port)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", rsa_server.port)),
+    ]
+    sock, address = _connect(addresses, Deadline(5))
+    sock.close()
+    assert address == "127.0.0.1"
+    assert sock.family == socket.AF_INET
