@@ -298,3 +298,23 @@ def test_every_address_is_tried_until_one_connects(rsa_server: tls_servers.TcpSe
     sock.close()
     assert address == "127.0.0.1"
     assert sock.family == socket.AF_INET
+
+
+def test_hung_dns_lookup_is_abandoned_at_the_deadline() -> None:
+    """getaddrinfo ignores socket timeouts; a lookup that hangs still ends at the deadline."""
+    from trackssl_agent.probe import _Failure, resolve  # noqa: PLC0415 - private unit
+    from trackssl_agent.transport import Deadline  # noqa: PLC0415
+
+    release = threading.Event()
+
+    def hanging_lookup(*args: object) -> list[tuple[object, ...]]:
+        release.wait(30)
+        return []
+
+    started = time.monotonic()
+    with pytest.raises(_Failure) as info:
+        resolve(parse_target("slow.example:443"), 0, Deadline(0.5), hanging_lookup)
+    release.set()
+    assert time.monotonic() - started < 1.0
+    assert info.value.error.kind == ErrorKind.DNS
+    assert "did not answer within" in info.value.error.message

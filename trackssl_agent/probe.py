@@ -72,7 +72,12 @@ def client_context() -> ssl.SSLContext:
     return context
 
 
-def resolve(target: Target, family: int, deadline: Deadline) -> list[AddrInfo]:
+def resolve(
+    target: Target,
+    family: int,
+    deadline: Deadline,
+    getaddrinfo: Callable[..., list[AddrInfo]] = socket.getaddrinfo,
+) -> list[AddrInfo]:
     """getaddrinfo bounded by the deadline: it ignores socket timeouts, so names resolve
     in a daemon thread that is abandoned on expiry (it cannot be cancelled)."""
     if target.is_ip:
@@ -84,7 +89,7 @@ def resolve(target: Target, family: int, deadline: Deadline) -> list[AddrInfo]:
 
     def lookup() -> None:
         try:
-            box["result"] = socket.getaddrinfo(target.host, target.port, family, socket.SOCK_STREAM)
+            box["result"] = getaddrinfo(target.host, target.port, family, socket.SOCK_STREAM)
         except OSError as exc:
             box["error"] = exc
         finally:
