@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.certs import make_chain  # noqa: E402 - after the path set-up
+from tests.certs import make_chain
 
 
 def free_port() -> int:
@@ -59,15 +59,14 @@ def main() -> None:
         ports = []
         for _ in range(args.servers):
             port = free_port()
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-quiet",
-                        "-cert", str(chain.cert_file), "-key", str(chain.key_file),
-                    ],
-                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+            command = [
+                "openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-quiet",
+                "-cert", str(chain.cert_file), "-key", str(chain.key_file),
+            ]  # fmt: skip
+            server = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
+            procs.append(server)
             ports.append(port)
         try:
             for port in ports:

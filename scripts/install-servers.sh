@@ -11,6 +11,7 @@ PACKAGES=(
   dovecot-imapd dovecot-pop3d dovecot-managesieved
   vsftpd
   prosody
+  xrdp
 )
 export DEBIAN_FRONTEND=noninteractive
 created_policy=0
@@ -22,7 +23,7 @@ fi
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
 if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-for service in slapd postgresql mariadb dovecot vsftpd prosody; do
+for service in slapd postgresql mariadb dovecot vsftpd prosody xrdp xrdp-sesman; do
   service "$service" stop >/dev/null 2>&1 || true
 done
 pkill -x slapd || true

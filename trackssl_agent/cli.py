@@ -7,21 +7,25 @@ usage errors exit 3, not click's default 2.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from trackssl_agent import __version__, output, protocols
+from trackssl_agent import __version__, config, cycle, output, protocols, scheduler
 from trackssl_agent.errors import AgentError, UsageError
-from trackssl_agent.log import setup_logging
+from trackssl_agent.log import FORMATS, LEVELS, get_logger, redact, setup_logging
 from trackssl_agent.probe import ProbeSettings, probe_many
 from trackssl_agent.report import ExitCode, Thresholds, probe_exit_code
 from trackssl_agent.results import ProbeResult
-from trackssl_agent.targets import Target, encode_hostname, parse_target
+from trackssl_agent.targets import Target, encode_hostname, parse_target, read_targets_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,6 +165,227 @@ def probe(
     return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
 
 
+def config_options(func: F) -> F:
+    """``--config`` and the logging options of ``run`` and ``check-once`` (SPEC section 2)."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Configuration file [default: $TRACKSSL_CONFIG, ./environment.txt].",
+            ),
+            click.option(
+                "--log-level", type=click.Choice(LEVELS), default=None, help="[default: info]"
+            ),
+            click.option(
+                "--log-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="Log to this file, rotated by size [default: stderr].",
+            ),
+            click.option(
+                "--log-format", type=click.Choice(FORMATS), default=None, help="[default: text]"
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+class _ProgressLine:
+    """``done/total`` on one rewritten stderr line, at most ten times a second."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        self._shown = True
+        click.echo(f"\r{done}/{total} targets done, {failed} failed", err=True, nl=False)
+
+    def end(self) -> None:
+        """Finish the line so later output starts on a fresh one."""
+        if self._shown:
+            click.echo("", err=True)
+
+
+def _read_targets(path: Path, *, starttls: str) -> list[Target]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--targets {path}: cannot read it: {exc}") from None
+    targets = read_targets_file(text.splitlines(), source=str(path), starttls=starttls)
+    if not targets:
+        raise UsageError(f"--targets {path}: the file names no target")
+    return targets
+
+
+@cli.command("check-once")
+@probe_options
+@click.option(
+    "--targets",
+    "targets_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Local mode: probe the targets of FILE (one a line); no account needed.",
+)
+@click.option("--dry-run", is_flag=True, help="Fetch and probe, post nothing; show results.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Probes at once [default: 64].",
+)
+@config_options
+def check_once(
+    timeout: float | None,
+    ipv4: bool,
+    ipv6: bool,
+    as_json: bool,
+    warn_days: int,
+    crit_days: int,
+    starttls: str,
+    targets_file: Path | None,
+    dry_run: bool,
+    concurrency: int | None,
+    config_path: Path | None,
+    log_level: str | None,
+    log_file: Path | None,
+    log_format: str | None,
+) -> int:
+    """Run exactly one cycle, then exit: for cron, CI and the Task Scheduler.
+
+    With the API: fetch the domain list, probe every domain, post each result (through
+    the outbox in the state dir), print a summary. With --targets FILE: probe the file's
+    targets and report with the probe exit codes; no account or token needed.
+    """
+    cfg = config.from_process(
+        config_option=config_path,
+        options={
+            config.TIMEOUT: timeout,
+            config.CONCURRENCY: concurrency,
+            config.LOG_LEVEL: log_level,
+            config.LOG_FILE: log_file,
+            config.LOG_FORMAT: log_format,
+        },
+    )
+    family = address_family(ipv4=ipv4, ipv6=ipv6)
+    local = _read_targets(targets_file, starttls=starttls) if targets_file else None
+    if local is None and starttls != protocols.AUTO:
+        raise UsageError("--starttls applies to --targets; the API decides per domain")
+    config.start_logging(cfg)
+    progress = _ProgressLine() if sys.stderr.isatty() else None
+    stop = threading.Event()
+    try:
+        if local is not None:
+            results = cycle.probe_all(
+                local, cycle.probe_settings(cfg, family=family),
+                concurrency=cfg.concurrency, stop=stop, progress=progress,
+            )  # fmt: skip
+        else:
+            report = cycle.run_once(
+                cfg, stop=stop, family=family, dry_run=dry_run, progress=progress,
+                keep_results=as_json or dry_run,
+            )  # fmt: skip
+    finally:
+        stop.set()
+        if progress is not None:
+            progress.end()
+    now = datetime.now(UTC)
+    if local is not None:
+        render_results(results, as_json=as_json, now=now)
+        return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
+    if as_json or dry_run:
+        render_results(report.results, as_json=as_json, now=now)
+    label = "dry run (nothing posted)" if dry_run else "check-once"
+    click.echo(f"{label}: {report.summary()}", err=as_json)
+    if report.problem:
+        click.echo(f"trackssl-agent: {report.problem}", err=True)
+    return int(report.exit_code)
+
+
+@cli.command("config")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file [default: $TRACKSSL_CONFIG, ./environment.txt].",
+)
+def show_config(config_path: Path | None) -> int:
+    """Show the effective configuration, where each value comes from; the token redacted."""
+    cfg = config.from_process(config_option=config_path, options={})
+    rows = cfg.describe()
+    width = max(len(key) for key, _value, _origin in rows)
+    for key, value, origin in rows:
+        click.echo(f"{key:<{width}}  {value}  [{origin}]")
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return 0
+
+
+@cli.command()
+@click.option(
+    "--interval",
+    metavar="DURATION",
+    default=None,
+    help="Time between cycles: 90s, 30m, 4h, 1d; at least 1m [default: 4h].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=600),
+    default=None,
+    help="One deadline per target: DNS, connect, STARTTLS, handshake [default: 10].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Probes at once [default: 64].",
+)
+@family_option
+@config_options
+def run(
+    interval: str | None,
+    timeout: float | None,
+    concurrency: int | None,
+    ipv4: bool,
+    ipv6: bool,
+    config_path: Path | None,
+    log_level: str | None,
+    log_file: Path | None,
+    log_format: str | None,
+) -> int:
+    """Run cycles until stopped: one at once, then one every --interval.
+
+    SIGTERM or Ctrl-C (Ctrl-Break on Windows) stops it cleanly: no new probes, results not
+    yet delivered stay in the outbox, exit 0. A second signal exits at once.
+    """
+    cfg = config.from_process(
+        config_option=config_path,
+        options={
+            config.INTERVAL: interval,
+            config.TIMEOUT: timeout,
+            config.CONCURRENCY: concurrency,
+            config.LOG_LEVEL: log_level,
+            config.LOG_FILE: log_file,
+            config.LOG_FORMAT: log_format,
+        },
+    )
+    family = address_family(ipv4=ipv4, ipv6=ipv6)
+    config.start_logging(cfg)
+    try:
+        return scheduler.run_agent(cfg, family=family, environ=os.environ)
+    except AgentError as exc:
+        if cfg.log_file is not None:
+            # A service or a task has no console: say in the log why it stopped.
+            get_logger(__name__).error("%s", exc)
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry: run the CLI and exit with SPEC section 2's codes."""
     try:
@@ -175,6 +400,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except AgentError as exc:
-        click.echo(f"trackssl-agent: {exc}", err=True)
+        click.echo(f"trackssl-agent: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

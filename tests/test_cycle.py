@@ -1,0 +1,214 @@
+"""The cycle against the real loopback API and real TLS targets: posting as results come,
+the outbox across cycles, failures, the allow list, stop, dry run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.api_server import SERVER_ERROR, UNAUTHORIZED, ApiServer, domain_entries
+from tests.certs import Chain, make_chain
+from tests.tls_servers import TcpServer, server_context, silent_server, tls_server
+from trackssl_agent import allow
+from trackssl_agent.api import ApiClient, ApiSettings
+from trackssl_agent.cycle import CycleReport, run_cycle
+from trackssl_agent.errors import ApiError
+from trackssl_agent.outbox import Outbox, Record
+from trackssl_agent.probe import ProbeSettings
+from trackssl_agent.report import ExitCode
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    """The chain the good targets present."""
+    return make_chain(tmp_path_factory.mktemp("cycle"), name="cycle")
+
+
+@pytest.fixture(scope="module")
+def good(chain: Chain) -> Iterator[list[TcpServer]]:
+    """Ten TLS servers on loopback."""
+    context = server_context(chain)
+    servers = [tls_server(context) for _ in range(10)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[list[TcpServer]]:
+    """Forty listeners that accept and never answer."""
+    servers = [silent_server() for _ in range(40)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def client(server: ApiServer, *, retries: int = 1) -> ApiClient:
+    """A client that never really sleeps between retries."""
+    settings = ApiSettings(
+        url=server.url,
+        auth_token=server.auth_token,
+        agent_token=server.agent_token,
+        retries=retries,
+        read_timeout=5,
+    )
+    return ApiClient(settings, sleep=lambda _s: None, proxies={})
+
+
+def cycle(
+    server: ApiServer,
+    state: Path | None,
+    *,
+    timeout: float = 2,
+    stop: threading.Event | None = None,
+    settings: ProbeSettings | None = None,
+    concurrency: int = 64,
+) -> CycleReport:
+    """One cycle through ``state``'s outbox (None: dry run)."""
+    outbox = Outbox.open(state) if state is not None else None
+    with client(server) as c:
+        return run_cycle(
+            client=c,
+            outbox=outbox,
+            settings=settings or ProbeSettings(timeout=timeout),
+            concurrency=concurrency,
+            stop=stop or threading.Event(),
+            keep_results=True,
+        )
+
+
+def test_40_silent_and_10_good_targets_in_under_15_s(
+    api_server: ApiServer, good: list[TcpServer], silent: list[TcpServer], state_dir: Path
+) -> None:
+    """Acceptance 2: 50 targets, 40 never answering, timeout 2 s: < 15 s, all 50 posted."""
+    ports = {n: s.port for n, s in enumerate(good + silent, start=1)}
+    api_server.domains = domain_entries(ports)
+    started = time.monotonic()
+    report = cycle(api_server, state_dir)
+    elapsed = time.monotonic() - started
+    assert elapsed < 15
+    assert sorted(api_server.posted_ids()) == list(range(1, 51))
+    assert report.retrieved == 10
+    assert report.failed == {"timeout": 40}
+    assert (report.delivered, report.queued, report.exit_code) == (50, 0, ExitCode.OK)
+    ok = [p for p in api_server.posted if p["domain_id"] <= 10]
+    assert all(p["certificate"] and p["error"] == "" and len(p["chain"]) == 2 for p in ok)
+    assert Outbox.open(state_dir).pending() == []
+
+
+def test_results_are_posted_as_they_complete(
+    api_server: ApiServer, good: list[TcpServer], silent: list[TcpServer], state_dir: Path
+) -> None:
+    """A fast target's post does not wait for the slowest target to finish."""
+    api_server.domains = domain_entries({1: silent[0].port, 2: good[0].port})
+    report = cycle(api_server, state_dir, timeout=3)
+    finished = time.monotonic()
+    first = api_server.posts()[0]
+    assert first.json()["domain"]["domain_id"] == 2
+    assert finished - first.at > 2  # posted while the silent target still had ~3 s to go
+    assert report.delivered == 2
+
+
+def test_failed_posts_are_delivered_by_the_next_cycle(
+    api_server: ApiServer, good: list[TcpServer], silent: list[TcpServer], state_dir: Path
+) -> None:
+    """Acceptance 3: posts that all failed are delivered next cycle, even if no longer listed."""
+    api_server.domains = domain_entries({1: good[0].port, 2: good[1].port, 3: silent[0].port})
+    api_server.fail("certificate", SERVER_ERROR)
+    first = cycle(api_server, state_dir, timeout=1)
+    assert (first.delivered, first.queued, first.exit_code) == (0, 3, ExitCode.WARNING)
+    assert first.problem is not None
+    assert "HTTP 500" in first.problem
+    assert api_server.posted == []
+    api_server.clear()
+    api_server.domains = []
+    second = cycle(api_server, state_dir)
+    assert sorted(api_server.posted_ids()) == [1, 2, 3]
+    assert (second.backlog, second.delivered, second.queued) == (3, 3, 0)
+    assert second.exit_code is ExitCode.OK
+    assert Outbox.open(state_dir).pending() == []
+
+
+def test_backlog_goes_first_and_newer_results_win(
+    api_server: ApiServer, good: list[TcpServer], state_dir: Path
+) -> None:
+    """Old outbox results are re-sent before new ones; a domain's newest result lands last."""
+    box = Outbox.open(state_dir)
+    box.add([
+        Record(99, {"domain": {"domain_id": 99, "tag": "old"}}, "t"),
+        Record(1, {"domain": {"domain_id": 1, "tag": "old"}}, "t"),
+    ])  # fmt: skip
+    api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
+    report = cycle(api_server, state_dir)
+    ids = api_server.posted_ids()
+    assert ids[0] == 99
+    assert ids.index(99) < ids.index(2)
+    last_for_1 = [p for p in api_server.posted if p["domain_id"] == 1][-1]
+    assert "tag" not in last_for_1  # the fresh probe result, not the old record
+    assert report.queued == 0
+
+
+def test_domain_list_failure_raises(api_server: ApiServer, state_dir: Path) -> None:
+    """A domain list that cannot be fetched is an ApiError; nothing is probed or posted."""
+    api_server.fail("domains", UNAUTHORIZED)
+    with pytest.raises(ApiError, match="TRACKSSL_AUTH_TOKEN"):
+        cycle(api_server, state_dir)
+    assert api_server.posts() == []
+
+
+def test_auth_rejected_on_posts_keeps_results(
+    api_server: ApiServer, good: list[TcpServer], state_dir: Path
+) -> None:
+    """401 on posting: exit 2, no retries, the results wait in the outbox."""
+    api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
+    api_server.fail("certificate", UNAUTHORIZED)
+    report = cycle(api_server, state_dir)
+    assert report.exit_code is ExitCode.CRITICAL
+    assert report.problem is not None
+    assert "TRACKSSL_AUTH_TOKEN" in report.problem
+    assert report.queued == 2
+    assert len(api_server.posts()) <= 2  # one try each at most, never retried
+
+
+def test_allow_list_denies_without_contact(
+    api_server: ApiServer, chain: Chain, state_dir: Path
+) -> None:
+    """A target outside TRACKSSL_ALLOW is never connected to and is posted as denied."""
+    watched = tls_server(server_context(chain))
+    try:
+        api_server.domains = domain_entries({1: watched.port})
+        allowed = allow.parse("10.0.0.0/8, *.corp.example")
+        report = cycle(api_server, state_dir, settings=ProbeSettings(timeout=2, allow=allowed))
+        time.sleep(0.1)
+        assert watched.connections == []
+    finally:
+        watched.close()
+    assert report.failed == {"denied": 1}
+    assert api_server.posted[0]["error"].startswith("denied: ")
+
+
+def test_stop_starts_nothing_new_and_keeps_the_rest(
+    api_server: ApiServer, silent: list[TcpServer], state_dir: Path
+) -> None:
+    """Once stop is set no new probe starts; in-flight ones end at their deadline."""
+    api_server.domains = domain_entries({n: silent[n].port for n in range(5)})
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    report = cycle(api_server, state_dir, timeout=1, stop=stop, concurrency=1)
+    assert time.monotonic() - started < 3
+    assert report.retrieved + sum(report.failed.values()) == 1
+    assert report.delivered + report.queued == 1
+
+
+def test_dry_run_posts_nothing(api_server: ApiServer, good: list[TcpServer]) -> None:
+    """A dry run fetches and probes but posts nothing."""
+    api_server.domains = domain_entries({1: good[0].port})
+    report = cycle(api_server, None)
+    assert api_server.posts() == []
+    assert report.retrieved == 1
+    assert [r.ok for r in report.results] == [True]

@@ -1,0 +1,278 @@
+"""The frozen (PyInstaller) agent: version, probe, check-once with environment.txt beside the
+executable, and a long ``run`` that outlives the deletion of its extraction folder.
+
+The build happens once per session (``scripts/build-binary.sh``), or not at all when
+``dist/`` already holds a build newer than every source file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import tls_servers
+from tests.api_server import ApiServer, domain_entries
+from tests.certs import Chain, make_chain
+from trackssl_agent import __version__
+from trackssl_agent.certificates import to_pem
+
+pytestmark = pytest.mark.frozen
+
+ROOT = Path(__file__).resolve().parent.parent
+SUFFIX = ".exe" if os.name == "nt" else ""
+ONEFILE = ROOT / "dist" / f"trackssl-agent{SUFFIX}"
+FOLDER = ROOT / "dist" / "trackssl-agent-folder" / f"trackssl-agent{SUFFIX}"
+# Variables of the test process that must not leak into the agent under test.
+FOREIGN = ("TRACKSSL_", "SSL_CERT_", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def newest_source() -> float:
+    """The newest modification time among the files that go into the build."""
+    files = [
+        *ROOT.glob("trackssl_agent/**/*.py"),
+        *ROOT.glob("build/hooks/*.py"),
+        ROOT / "pyinstaller.spec",
+        ROOT / "pyproject.toml",
+    ]
+    return max(path.stat().st_mtime for path in files)
+
+
+def build() -> None:
+    """Run the project's build script with this interpreter (and its PyInstaller)."""
+    if sys.platform == "win32":
+        script = ROOT / "scripts" / "build-binary.ps1"
+        command = ["powershell", "-NoProfile", "-ExecutionPolicy", "Bypass", "-File"]
+        command += [str(script), "-Python", sys.executable]
+    else:
+        command = ["bash", str(ROOT / "scripts" / "build-binary.sh")]
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def frozen() -> Path:
+    """The single-file executable, built now unless an up-to-date build exists."""
+    outputs = (ONEFILE, FOLDER)
+    built = all(path.exists() for path in outputs)
+    if not built or min(path.stat().st_mtime for path in outputs) < newest_source():
+        build()
+    return ONEFILE
+
+
+@pytest.fixture(scope="module")
+def target_chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    """The chain the loopback TLS target presents."""
+    return make_chain(tmp_path_factory.mktemp("target"), cn="localhost", name="target")
+
+
+@pytest.fixture
+def target(target_chain: Chain) -> Iterator[tls_servers.TcpServer]:
+    """A TLS server on 127.0.0.1 presenting ``target_chain``."""
+    with tls_servers.running(
+        tls_servers.tls_server(tls_servers.server_context(target_chain))
+    ) as server:
+        yield server
+
+
+def agent_env(temp: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without agent settings or proxies; temp files under ``temp``."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.upper().startswith(FOREIGN) and key.lower() not in PROXIES
+    }
+    # The single-file build unpacks into $TMPDIR (POSIX) or %TMP% (Windows).
+    env.update(TMPDIR=str(temp), TMP=str(temp), TEMP=str(temp))
+    env.update(extra)
+    return env
+
+
+def extraction_folders(temp: Path) -> list[Path]:
+    """The ``_MEIxxxxxx`` folders the single-file build made under ``temp``."""
+    return sorted(path for path in temp.iterdir() if path.name.startswith("_MEI"))
+
+
+def children(pid: int) -> list[int]:
+    """Linux: the processes whose parent is ``pid`` (the single file runs its program in one)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+        except OSError:  # the process ended while we looked
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def unmapped_libraries(folder: Path, pids: list[int]) -> set[str]:
+    """Linux: shared objects under ``folder`` that none of ``pids`` has mapped into memory.
+
+    A mapped file stays readable after it is deleted; one not mapped yet cannot be loaded
+    any more once the folder is gone.
+    """
+    libraries = {str(path) for path in folder.rglob("*.so*") if path.is_file()}
+    mapped = set()
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6:
+                mapped.add(parts[5].removesuffix(" (deleted)"))
+    return libraries - mapped
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    """Ask the agent to stop as a service manager would; kill it if it does not."""
+    if proc.poll() is None:
+        if sys.platform == "win32":
+            proc.send_signal(signal.CTRL_BREAK_EVENT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def test_version_of_both_builds(frozen: Path, tmp_path: Path) -> None:
+    """Single-file and folder builds print ``trackssl-agent X.Y.Z`` of the package."""
+    for exe in (frozen, FOLDER):
+        result = subprocess.run(
+            [str(exe), "--version"], env=agent_env(tmp_path), capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"trackssl-agent {__version__}"
+
+
+def test_single_file_cleans_its_extraction_folder(frozen: Path, tmp_path: Path) -> None:
+    """A short command leaves no ``_MEI`` folder behind in the temp dir."""
+    subprocess.run(
+        [str(frozen), "--help"], env=agent_env(tmp_path), capture_output=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    assert extraction_folders(tmp_path) == []
+
+
+def test_probe_against_loopback_tls(
+    frozen: Path, tmp_path: Path, target: tls_servers.TcpServer, target_chain: Chain
+) -> None:
+    """The frozen probe fetches the presented chain of a loopback TLS server as JSON."""
+    result = subprocess.run(
+        [str(frozen), "probe", target.endpoint, "--json", "--timeout", "10"],
+        env=agent_env(tmp_path), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [probed] = json.loads(result.stdout)
+    assert probed["ok"] is True
+    assert probed["chain"] == [to_pem(der) for der in target_chain.ders]
+    assert probed["tls_version"] in {"TLSv1.2", "TLSv1.3"}
+
+
+def test_check_once_reads_environment_txt_beside_the_executable(
+    frozen: Path,
+    tmp_path: Path,
+    target: tls_servers.TcpServer,
+    target_chain: Chain,
+    api_chain: Chain,
+) -> None:
+    """check-once finds environment.txt beside the executable (cwd elsewhere) and reports."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / frozen.name
+    shutil.copy2(frozen, exe)
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    with ApiServer(tls=api_chain) as api:
+        api.domains = domain_entries({34027: target.port})
+        settings = {
+            **api.env(),
+            "TRACKSSL_CA_BUNDLE": str(api_chain.ca_file),
+            "TRACKSSL_STATE_DIR": str(tmp_path / "state"),
+        }
+        (bindir / "environment.txt").write_text(
+            "".join(f"{key}={value}\n" for key, value in settings.items())
+        )
+        result = subprocess.run(
+            [str(exe), "check-once"], cwd=workdir, env=agent_env(temp), capture_output=True,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [posted] = api.posted
+    assert posted["domain_id"] == 34027
+    assert posted["certificate"] == to_pem(target_chain.ders[0])
+    assert posted["agent_version"] == __version__
+    assert api.auth_token not in result.stdout + result.stderr
+
+
+def test_run_survives_deletion_of_its_extraction_folder(
+    frozen: Path,
+    tmp_path: Path,
+    target: tls_servers.TcpServer,
+    target_chain: Chain,
+    api_chain: Chain,
+) -> None:
+    """A single-file ``run`` whose ``_MEI`` folder a temp cleaner deleted completes its next
+    cycle, which takes a new path (a new domain that refuses), and still stops cleanly."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    log = tmp_path / "agent.log"
+    closed_port = tls_servers.free_port()
+    with ApiServer(tls=api_chain) as api:
+        api.domains = domain_entries({7: target.port})
+        # Linux: the OS trust store path (truststore honours SSL_CERT_FILE); elsewhere the
+        # agent's own extra bundle, since the system store cannot be changed by a test.
+        trust = (
+            {"SSL_CERT_FILE": str(api_chain.ca_file)}
+            if sys.platform.startswith("linux")
+            else {"TRACKSSL_CA_BUNDLE": str(api_chain.ca_file)}
+        )
+        env = agent_env(temp, **api.env(), **trust, TRACKSSL_STATE_DIR=str(tmp_path / "state"))
+        # Windows: a process group of its own, so that Ctrl-Break reaches only the agent.
+        flags = 0
+        if sys.platform == "win32":
+            flags = subprocess.CREATE_NEW_PROCESS_GROUP
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(frozen), "run", "--interval", "1m"], cwd=tmp_path, env=env, stdout=out,
+                stderr=subprocess.STDOUT, creationflags=flags,
+            )  # fmt: skip
+        try:
+            assert api.wait_for(lambda: len(api.posted) >= 1, timeout=60), log.read_text()
+            [folder] = extraction_folders(temp)
+            if sys.platform.startswith("linux"):
+                assert unmapped_libraries(folder, [proc.pid, *children(proc.pid)]) == set()
+            # As a cleaner does it: Windows refuses to delete files in use, POSIX does not.
+            shutil.rmtree(folder, ignore_errors=sys.platform == "win32")
+            if sys.platform != "win32":
+                assert not folder.exists()
+            api.domains = domain_entries({7: target.port, 8: closed_port})
+            # The next cycle comes one interval (1 minute, the minimum) plus jitter later.
+            assert api.wait_for(lambda: len(api.posted) >= 3, timeout=120), log.read_text()
+            assert proc.poll() is None, log.read_text()
+        finally:
+            code = stop(proc)
+    second = {p["domain_id"]: p for p in api.posted[1:3]}
+    assert second[7]["certificate"] == to_pem(target_chain.ders[0])
+    assert second[7]["error"] == ""
+    assert second[8]["certificate"] == ""
+    assert second[8]["error"].startswith("refused"), second[8]["error"]
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text
+    assert api.auth_token not in text

@@ -1,0 +1,68 @@
+"""The STARTTLS selection tables: schemes, the well-known port table, and their precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+from trackssl_agent import protocols
+from trackssl_agent.protocols import PORTS, SCHEMES, Protocol
+from trackssl_agent.starttls import DIALOGUES
+from trackssl_agent.targets import parse_target
+
+# SPEC section 2, STARTTLS, written out again so that a slip in the table shows up here.
+SPEC_PORTS = {
+    21: "ftp", 24: "lmtp", 25: "smtp", 587: "smtp", 110: "pop3", 119: "nntp", 143: "imap",
+    389: "ldap", 3306: "mysql", 3389: "rdp", 4190: "sieve", 5222: "xmpp",
+    5269: "xmpp-server", 5432: "postgres", 1433: "mssql",
+}  # fmt: skip
+
+
+def test_port_table_is_the_spec() -> None:
+    """The well-known port table holds exactly the ports and protocols of SPEC section 2."""
+    assert {port: protocol.value for port, protocol in PORTS.items()} == SPEC_PORTS
+
+
+@pytest.mark.parametrize(("port", "name"), sorted(SPEC_PORTS.items()))
+def test_well_known_port_selects_dialogue(port: int, name: str) -> None:
+    """With --starttls auto and no scheme, each well-known port picks its dialogue."""
+    assert parse_target(f"db.corp.example:{port}").starttls is Protocol(name)
+    assert parse_target(f"10.1.2.3:{port}", starttls="auto").starttls is Protocol(name)
+
+
+@pytest.mark.parametrize("port", [443, 636, 993, 995, 465, 8443, 2222, 50000])
+def test_other_ports_are_direct_tls(port: int) -> None:
+    """Every port outside the table is direct TLS."""
+    assert parse_target(f"host.example:{port}").starttls is None
+
+
+@pytest.mark.parametrize("port", sorted(SPEC_PORTS))
+def test_starttls_none_overrides_port(port: int) -> None:
+    """``--starttls none`` makes even a well-known port direct TLS."""
+    assert parse_target(f"host.example:{port}", starttls="none").starttls is None
+
+
+def test_starttls_option_overrides_port() -> None:
+    """``--starttls NAME`` beats the port table."""
+    assert parse_target("host.example:389", starttls="postgres").starttls is Protocol.POSTGRES
+
+
+def test_scheme_beats_option_and_port() -> None:
+    """A scheme decides, whatever the port and the option say."""
+    assert parse_target("imap://host.example:389", starttls="smtp").starttls is Protocol.IMAP
+    assert parse_target("https://host.example:5432").starttls is None
+
+
+@pytest.mark.parametrize(
+    ("scheme", "protocol", "port"),
+    [(scheme, protocol, port) for scheme, (protocol, port) in sorted(SCHEMES.items()) if port],
+)
+def test_scheme_default_ports(scheme: str, protocol: Protocol | None, port: int) -> None:
+    """A scheme without a port uses its default port and its dialogue (or direct TLS)."""
+    target = parse_target(f"{scheme}://host.example")
+    assert (target.starttls, target.port) == (protocol, port)
+
+
+def test_every_protocol_has_a_dialogue() -> None:
+    """Each protocol name that a scheme, the option or the port table can pick has a dialogue."""
+    assert set(DIALOGUES) == set(Protocol)
+    assert set(protocols.STARTTLS_CHOICES) == {"auto", "none", *(p.value for p in Protocol)}

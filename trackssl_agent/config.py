@@ -1,0 +1,522 @@
+"""Configuration (SPEC section 3): environment.txt, the process environment and options
+merged into one frozen ``Config``, each value remembering where it came from.
+
+Nothing here logs: problems that are not fatal come back as ``Config.warnings`` for the
+caller to log once logging is set up (logging is itself configured from this file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import stat
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from trackssl_agent import allow, log
+from trackssl_agent.errors import ConfigError
+
+FILE_NAME = "environment.txt"
+APP_NAME = "trackssl-agent"
+MIN_INTERVAL = 60.0
+
+AUTH_TOKEN = "TRACKSSL_AUTH_TOKEN"  # noqa: S105 - a key name, not a secret
+AGENT_TOKEN = "TRACKSSL_AGENT_TOKEN"  # noqa: S105 - a key name
+URL = "TRACKSSL_URL"
+INTERVAL = "TRACKSSL_INTERVAL"
+INTERVAL_ALIAS = "TRACKSSL_SLEEP_DURATION"
+CONCURRENCY = "TRACKSSL_CONCURRENCY"
+TIMEOUT = "TRACKSSL_TIMEOUT"
+CA_BUNDLE = "TRACKSSL_CA_BUNDLE"
+ALLOW = "TRACKSSL_ALLOW"
+STATE_DIR = "TRACKSSL_STATE_DIR"
+LOG_FILE = "TRACKSSL_LOG_FILE"
+LOG_LEVEL = "TRACKSSL_LOG_LEVEL"
+LOG_FORMAT = "TRACKSSL_LOG_FORMAT"
+CONFIG = "TRACKSSL_CONFIG"
+
+DEFAULTS: dict[str, str] = {
+    AUTH_TOKEN: "",
+    AGENT_TOKEN: "",
+    URL: "https://app.trackssl.com",
+    INTERVAL: "4h",
+    CONCURRENCY: "64",
+    TIMEOUT: "10",
+    CA_BUNDLE: "",
+    ALLOW: "",
+    STATE_DIR: "",
+    LOG_FILE: "",
+    LOG_LEVEL: "info",
+    LOG_FORMAT: "text",
+}
+KEYS = tuple(DEFAULTS)
+KNOWN_KEYS = (*KEYS, INTERVAL_ALIAS, CONFIG)
+
+_LINE = re.compile(r"^(?:export\s+)?([^=\s]*)\s*=\s*(.*)$")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_AGENT_TOKEN = re.compile(r"^[A-Za-z0-9._~-]+$")
+_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
+
+
+class Source(StrEnum):
+    """Where a value came from, highest precedence first."""
+
+    OPTION = "option"
+    ENVIRONMENT = "environment"
+    FILE = "file"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One raw value and its origin, for messages and ``config`` output."""
+
+    key: str
+    value: str
+    source: Source
+    origin: str
+    """``--timeout``, ``$TRACKSSL_TIMEOUT``, ``/etc/x/environment.txt, line 4`` or ``default``."""
+    base: Path | None = None
+    """Directory relative paths are resolved against."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration; build it with ``load``."""
+
+    auth_token: str | None
+    agent_token: str | None
+    url: str
+    interval: float
+    """Seconds between cycles of ``run``."""
+    concurrency: int
+    timeout: float
+    ca_bundle: Path | None
+    allow: allow.AllowList | None
+    """None: every target may be probed."""
+    state_dir: Path
+    log_file: Path | None
+    log_level: str
+    log_format: str
+    file: Path | None
+    """The configuration file read, or None."""
+    settings: Mapping[str, Setting] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        # A dataclass repr would print the token into any traceback or debug line.
+        return f"Config(url={self.url!r}, file={self.file!s}, auth_token=[REDACTED])"
+
+    def require_api(self) -> tuple[str, str]:
+        """The two tokens; ConfigError naming what is missing when API mode lacks one."""
+        missing = [
+            key
+            for key, value in ((AUTH_TOKEN, self.auth_token), (AGENT_TOKEN, self.agent_token))
+            if not value
+        ]
+        if missing:
+            where = f"in {self.file}" if self.file else "(no environment.txt was found)"
+            raise ConfigError(
+                f"{' and '.join(missing)} must be set for the TrackSSL API {where}; "
+                "or use --targets FILE for local mode without an account"
+            )
+        assert self.auth_token and self.agent_token
+        return self.auth_token, self.agent_token
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """``(key, value, origin)`` rows with the auth token redacted."""
+        rows: list[tuple[str, str, str]] = []
+        for key in KEYS:
+            setting = self.settings.get(key)
+            value = setting.value if setting else DEFAULTS[key]
+            origin = setting.origin if setting else "default"
+            if key == AUTH_TOKEN:
+                value = f"{log.REDACTED} ({len(value)} characters)" if value else "(not set)"
+            elif key == STATE_DIR:
+                value = str(self.state_dir)
+            elif value == "":
+                value = "(not set)"
+            rows.append((key, value, origin))
+        rows.append((CONFIG, str(self.file) if self.file else "(none found)", "lookup"))
+        return rows
+
+
+def default_state_dir(
+    *, environ: Mapping[str, str], platform: str = sys.platform, is_root: bool | None = None
+) -> Path:
+    """The platform's per-user (or system, for root) state directory for the agent."""
+    if platform == "win32":
+        base = environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / APP_NAME
+    if platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP_NAME
+    if is_root is None:
+        is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if is_root:
+        return Path("/var/lib") / APP_NAME
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / APP_NAME
+
+
+def find_file(
+    *,
+    option: Path | None,
+    environ: Mapping[str, str],
+    cwd: Path,
+    executable: Path | None,
+) -> Path | None:
+    """The configuration file: ``--config``, ``$TRACKSSL_CONFIG``, ``./environment.txt``,
+    then ``environment.txt`` beside ``executable`` (pass it only for frozen builds)."""
+    if option is not None:
+        if not option.is_file():
+            raise ConfigError(f"--config {option}: no such file")
+        return option
+    named = environ.get(CONFIG)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"${CONFIG}={named}: no such file")
+        return path
+    for candidate in (cwd / FILE_NAME, executable.parent / FILE_NAME if executable else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def frozen_executable() -> Path | None:
+    """The executable of a PyInstaller build, whose folder may hold environment.txt."""
+    return Path(sys.executable) if getattr(sys, "frozen", False) else None
+
+
+@dataclass(frozen=True)
+class Line:
+    """One ``KEY=VALUE`` of a configuration file."""
+
+    key: str
+    value: str
+    number: int
+
+
+def _unquote(value: str, *, where: str, key: str) -> str:
+    if value[:1] in {'"', "'"}:
+        quote = value[0]
+        end = value.find(quote, 1)
+        if end < 0:
+            raise ConfigError(f"{where}: {key}: the opening {quote} is never closed")
+        rest = value[end + 1 :].strip()
+        if rest and not rest.startswith("#"):
+            raise ConfigError(f"{where}: {key}: unexpected text after the closing {quote}")
+        return value[1:end]
+    # An unquoted value ends at a " #" comment, as in shell and dotenv files.
+    return re.split(r"\s+#", value, maxsplit=1)[0].strip()
+
+
+def parse_lines(text: str, *, source: str) -> list[Line]:
+    """Parse environment.txt text; ConfigError names the file, line and what was expected.
+
+    The value of a bad line is never quoted back: it may be a pasted token.
+    """
+    lines: list[Line] = []
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{source}, line {number}"
+        match = _LINE.match(stripped)
+        if match is None:
+            raise ConfigError(f"{where}: expected KEY=VALUE, found no '='")
+        key, value = match.group(1), match.group(2).strip()
+        if not _KEY.match(key):
+            shown = key if key.isprintable() and len(key) <= 40 else "the key"
+            raise ConfigError(
+                f"{where}: {shown!s} is not a valid key: expected letters, digits and '_'"
+            )
+        lines.append(Line(key.upper(), _unquote(value, where=where, key=key), number))
+    return lines
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``4h``, ``1d``, ``1h30m`` or bare seconds -> seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact:
+        raise ValueError("empty")
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(compact):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(compact):
+        raise ValueError(text)
+    return total
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _merge(
+    *,
+    options: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    lines: list[Line],
+    file: Path | None,
+    warnings: list[str],
+) -> dict[str, Setting]:
+    """Pick each key's value by precedence: option > environment > file.
+
+    Within one source ``TRACKSSL_INTERVAL`` beats its alias ``TRACKSSL_SLEEP_DURATION``.
+    """
+    from_file: dict[str, Setting] = {}
+    alias: Setting | None = None
+    base = file.parent if file else None
+    for line in lines:
+        if not line.key.startswith("TRACKSSL_"):
+            continue  # the Docker agent's file may hold other variables
+        where = f"{file}, line {line.number}"
+        setting = Setting(line.key, line.value, Source.FILE, where, base)
+        if line.key == INTERVAL_ALIAS:
+            alias = Setting(INTERVAL, line.value, Source.FILE, f"{where} ({INTERVAL_ALIAS})", base)
+        elif line.key == CONFIG:
+            warnings.append(f"{where}: {CONFIG} has no effect inside the file")
+        elif line.key not in DEFAULTS:
+            warnings.append(f"{where}: unknown key {line.key}{_suggest(line.key)}")
+        else:
+            if line.key in from_file:
+                warnings.append(f"{where}: {line.key} is set again; the last line wins")
+            from_file[line.key] = setting
+    if alias is not None and INTERVAL not in from_file:
+        from_file[INTERVAL] = alias
+    chosen = dict(from_file)
+    for name, value in environ.items():
+        if not name.startswith("TRACKSSL_") or name == CONFIG:
+            continue
+        if name == INTERVAL_ALIAS:
+            if INTERVAL not in environ:
+                chosen[INTERVAL] = Setting(INTERVAL, value.strip(), Source.ENVIRONMENT, f"${name}")
+        elif name not in DEFAULTS:
+            warnings.append(f"environment variable {name} is unknown{_suggest(name)}")
+        else:
+            chosen[name] = Setting(name, value.strip(), Source.ENVIRONMENT, f"${name}")
+    for key, option in options.items():
+        if option is not None:
+            flag = "--" + key.removeprefix("TRACKSSL_").lower().replace("_", "-")
+            chosen[key] = Setting(key, str(option), Source.OPTION, flag)
+    return chosen
+
+
+def load(
+    *,
+    options: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str],
+    config_option: Path | None = None,
+    cwd: Path,
+    executable: Path | None = None,
+    platform: str = sys.platform,
+    read_text: Callable[[Path], str] | None = None,
+) -> Config:
+    """Build the effective Config; ConfigError (exit 3) for any bad input.
+
+    ``options`` maps keys (``TRACKSSL_TIMEOUT``) to command-line values, None when the
+    option was not given.
+    """
+    file = find_file(option=config_option, environ=environ, cwd=cwd, executable=executable)
+    lines: list[Line] = []
+    if file is not None:
+        try:
+            text = (read_text or _read_text)(file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read it: {exc}") from None
+        lines = parse_lines(text, source=str(file))
+    warnings: list[str] = []
+    settings = _merge(
+        options=options or {}, environ=environ, lines=lines, file=file, warnings=warnings
+    )
+    token = settings.get(AUTH_TOKEN)
+    if token is not None:
+        log.register_secret(token.value)
+    config = _validate(
+        settings, environ=environ, cwd=cwd, platform=platform, file=file, warnings=warnings
+    )
+    if token is not None and token.source is Source.FILE and file is not None:
+        warning = token_file_warning(file, platform=platform)
+        if warning:
+            warnings.append(warning)
+    return dataclasses.replace(config, warnings=tuple(warnings))
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8-sig")
+
+
+def token_file_warning(file: Path, *, platform: str = sys.platform) -> str | None:
+    """A warning when the file holding the auth token is readable by other users (POSIX)."""
+    if platform == "win32":
+        return None
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (
+            f"{file} holds {AUTH_TOKEN} and is readable by other users "
+            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {file}"
+        )
+    return None
+
+
+def _where(setting: Setting) -> str:
+    if setting.source is Source.FILE:
+        return f"{setting.origin}: {setting.key}"
+    if setting.source is Source.ENVIRONMENT:
+        return f"environment variable {setting.origin.lstrip('$')}"
+    return f"option {setting.origin}"
+
+
+def _value(settings: Mapping[str, Setting], key: str) -> Setting:
+    return settings.get(key) or Setting(key, DEFAULTS[key], Source.DEFAULT, "default")
+
+
+def _path(setting: Setting, cwd: Path) -> Path | None:
+    if not setting.value:
+        return None
+    path = Path(setting.value).expanduser()
+    if not path.is_absolute():
+        path = (setting.base or cwd) / path
+    return path
+
+
+def check_url(text: str) -> str:
+    """The base URL without a trailing slash; ValueError unless https or loopback http."""
+    parts = urlsplit(text)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValueError("an https:// URL such as https://app.trackssl.com")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("a base URL without user, query or fragment")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("a port number between 0 and 65535") from None
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            "https; plain http is allowed only to a loopback host (127.0.0.1, ::1, localhost)"
+        )
+    return text.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate(
+    settings: Mapping[str, Setting],
+    *,
+    environ: Mapping[str, str],
+    cwd: Path,
+    platform: str,
+    file: Path | None,
+    warnings: list[str],
+) -> Config:
+    def fail(key: str, expected: str, *, show: bool = True) -> ConfigError:
+        setting = _value(settings, key)
+        got = f", got {setting.value!r}" if show else ""
+        return ConfigError(f"{_where(setting)}: expected {expected}{got}")
+
+    auth = _value(settings, AUTH_TOKEN).value
+    if auth and not _TOKEN_CHARS.match(auth):
+        raise fail(AUTH_TOKEN, "a token without spaces or control characters", show=False)
+    agent = _value(settings, AGENT_TOKEN).value
+    if agent and not _AGENT_TOKEN.match(agent):
+        raise fail(AGENT_TOKEN, "letters, digits, '.', '_', '~' or '-' only", show=False)
+    try:
+        url = check_url(_value(settings, URL).value)
+    except ValueError as exc:
+        raise fail(URL, str(exc)) from None
+    try:
+        interval = parse_duration(_value(settings, INTERVAL).value)
+    except ValueError:
+        raise fail(INTERVAL, "a duration such as 90s, 30m, 4h or 1d") from None
+    if interval < MIN_INTERVAL:
+        raise fail(INTERVAL, "a duration of at least 1 minute")
+    try:
+        concurrency = int(_value(settings, CONCURRENCY).value)
+    except ValueError:
+        concurrency = 0
+    if not 1 <= concurrency <= 1024:
+        raise fail(CONCURRENCY, "a whole number from 1 to 1024")
+    try:
+        timeout = float(_value(settings, TIMEOUT).value)
+    except ValueError:
+        timeout = 0.0
+    if not 0.1 <= timeout <= 600:
+        raise fail(TIMEOUT, "seconds between 0.1 and 600")
+    ca_bundle = _path(_value(settings, CA_BUNDLE), cwd)
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise fail(CA_BUNDLE, "a PEM file of CA certificates that exists")
+    try:
+        allowed = allow.parse(_value(settings, ALLOW).value)
+    except ValueError as exc:
+        raise fail(ALLOW, f"comma-separated CIDRs and host globs ({exc})") from None
+    state_dir = _path(_value(settings, STATE_DIR), cwd) or default_state_dir(
+        environ=environ, platform=platform
+    )
+    log_file = _path(_value(settings, LOG_FILE), cwd)
+    level = _value(settings, LOG_LEVEL).value.lower()
+    if level not in log.LEVELS:
+        raise fail(LOG_LEVEL, "one of " + ", ".join(log.LEVELS))
+    fmt = _value(settings, LOG_FORMAT).value.lower()
+    if fmt not in log.FORMATS:
+        raise fail(LOG_FORMAT, "one of " + ", ".join(log.FORMATS))
+    return Config(
+        auth_token=auth or None,
+        agent_token=agent or None,
+        url=url,
+        interval=interval,
+        concurrency=concurrency,
+        timeout=timeout,
+        ca_bundle=ca_bundle,
+        allow=allowed,
+        state_dir=state_dir,
+        log_file=log_file,
+        log_level=level,
+        log_format=fmt,
+        file=file,
+        settings=dict(settings),
+        warnings=tuple(warnings),
+    )
+
+
+def from_process(
+    *, config_option: Path | None, options: Mapping[str, str | float | int | Path | None]
+) -> Config:
+    """``load`` for this process: its environment, working directory and executable."""
+    return load(
+        options={k: None if v is None else str(v) for k, v in options.items()},
+        environ=os.environ,
+        config_option=config_option,
+        cwd=Path.cwd(),
+        executable=frozen_executable(),
+    )
+
+
+def start_logging(config: Config) -> None:
+    """Set up logging as ``config`` says, then log its warnings (once, there)."""
+    logger = log.setup_logging(level=config.log_level, file=config.log_file, fmt=config.log_format)
+    for warning in config.warnings:
+        logger.warning("%s", warning)
+    logger.debug("configuration: %s", ", ".join(f"{k}={v} ({o})" for k, v, o in config.describe()))

@@ -1,0 +1,392 @@
+"""One cycle: fetch the domain list, probe all concurrently, post each result as it
+completes through the outbox, and summarise. Also the pieces ``check-once`` and ``run``
+share: API settings from a Config, and one cycle run under the state-dir lock.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from trackssl_agent import api, log
+from trackssl_agent.api import ApiClient, ApiSettings, AuthError, Domain, RejectedError
+from trackssl_agent.config import Config
+from trackssl_agent.errors import ApiError
+from trackssl_agent.lock import StateLock
+from trackssl_agent.outbox import Outbox, Record
+from trackssl_agent.probe import ProbeSettings, probe_many
+from trackssl_agent.report import ExitCode
+from trackssl_agent.results import ProbeResult
+from trackssl_agent.targets import Target
+
+logger = log.get_logger(__name__)
+
+Progress = Callable[[int, int, int], None]
+"""``progress(done, total, failed)`` after each probe."""
+
+POSTERS = 4
+"""Concurrent posts: enough to keep up with probing, gentle on the API."""
+_BATCH = 256
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle did."""
+
+    domains: int
+    """Domains in the list (after skipping bad entries)."""
+    skipped: int
+    """Bad entries of the domain list."""
+    retrieved: int
+    """Targets whose chain was retrieved."""
+    failed: Mapping[str, int]
+    """Targets not probed, by error kind."""
+    delivered: int
+    """Results the API accepted, earlier cycles' included."""
+    queued: int
+    """Results left in the outbox for the next cycle."""
+    rejected: int
+    """Results the API refused for good (dropped)."""
+    backlog: int
+    """Results from earlier cycles found in the outbox at the start."""
+    elapsed_s: float
+    exit_code: ExitCode
+    problem: str | None = None
+    """Why delivery stopped early (API down, auth rejected), if it did."""
+    results: tuple[ProbeResult, ...] = field(default=(), repr=False)
+    """The results in domain-list order, when asked to keep them."""
+
+    def summary(self) -> str:
+        """One line for people and logs."""
+        failed = sum(self.failed.values())
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.failed.items()))
+        parts = [
+            f"domains {self.domains}",
+            f"retrieved {self.retrieved}",
+            f"failed {failed}" + (f" ({kinds})" if kinds else ""),
+            f"delivered {self.delivered}",
+            f"queued {self.queued}",
+        ]
+        if self.rejected:
+            parts.append(f"rejected {self.rejected}")
+        if self.skipped:
+            parts.append(f"skipped entries {self.skipped}")
+        return ", ".join(parts) + f", elapsed {self.elapsed_s:.1f} s"
+
+
+def api_settings(config: Config) -> ApiSettings:
+    """The API connection a Config describes; ConfigError when a token is missing."""
+    auth, agent = config.require_api()
+    return ApiSettings(
+        url=config.url, auth_token=auth, agent_token=agent, ca_bundle=config.ca_bundle
+    )
+
+
+def probe_settings(config: Config, *, family: socket.AddressFamily) -> ProbeSettings:
+    """Per-target probe settings from a Config (``family`` is the ``-4``/``-6`` choice)."""
+    return ProbeSettings(timeout=config.timeout, family=family, allow=config.allow)
+
+
+class _Delivery:
+    """Poster threads: FIFO, one post at a time per domain, stopping for good when the
+    API turns out to be down or the tokens wrong (the rest waits in the outbox)."""
+
+    def __init__(
+        self, *, client: ApiClient, outbox: Outbox, workers: int, stop: threading.Event
+    ) -> None:
+        self._client = client
+        self._outbox = outbox
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._queue: deque[Record] = deque()
+        self._in_flight: set[int] = set()
+        self._closed = False
+        self.delivered = 0
+        self.rejected = 0
+        self.failure: ApiError | None = None
+        self._threads = [
+            threading.Thread(target=self._work, name=f"post-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, records: Sequence[Record]) -> None:
+        with self._cond:
+            self._queue.extend(records)
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """No more records; wait until every queued post is done or given up."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _halted(self) -> bool:
+        return self.failure is not None or self._stop.is_set()
+
+    def _take(self) -> Record | None:
+        with self._cond:
+            while True:
+                if self._halted():
+                    return None
+                index = 0
+                while index < len(self._queue):
+                    record = self._queue[index]
+                    if not self._outbox.is_current(record):
+                        del self._queue[index]  # replaced by a newer result: skip it
+                    elif record.domain_id in self._in_flight:
+                        index += 1  # its older result is being posted: keep the order
+                    else:
+                        del self._queue[index]
+                        self._in_flight.add(record.domain_id)
+                        return record
+                if self._closed and not self._queue:
+                    return None
+                self._cond.wait(0.5)
+
+    def _work(self) -> None:
+        while (record := self._take()) is not None:
+            try:
+                self._client.post(record.payload)
+            except RejectedError as exc:
+                logger.warning("%s; dropped from the outbox", exc)
+                self._outbox.done(record)
+                with self._cond:
+                    self.rejected += 1
+            except ApiError as exc:
+                with self._cond:
+                    if self.failure is None:
+                        self.failure = exc
+                        kind = "rejected the tokens" if isinstance(exc, AuthError) else "failed"
+                        logger.error("delivery %s, the rest waits in the outbox: %s", kind, exc)
+            except Exception as exc:  # a bug must not lose the result: it stays queued
+                logger.exception("posting domain_id %d failed unexpectedly", record.domain_id)
+                with self._cond:
+                    if self.failure is None:
+                        self.failure = ApiError(f"unexpected error while posting: {exc}")
+            else:
+                self._outbox.done(record)
+                with self._cond:
+                    self.delivered += 1
+            finally:
+                with self._cond:
+                    self._in_flight.discard(record.domain_id)
+                    self._cond.notify_all()
+
+
+def _probe_into(
+    targets: Sequence[Target],
+    settings: ProbeSettings,
+    *,
+    concurrency: int,
+    stop: threading.Event,
+    sink: queue.Queue[tuple[int, ProbeResult] | None],
+) -> None:
+    try:
+        for item in probe_many(targets, settings, concurrency=concurrency, stop=stop):
+            sink.put(item)
+    finally:
+        sink.put(None)
+
+
+def probe_stream(
+    targets: Sequence[Target],
+    settings: ProbeSettings,
+    *,
+    concurrency: int,
+    stop: threading.Event,
+) -> queue.Queue[tuple[int, ProbeResult] | None]:
+    """Probe in a background thread; results arrive on the queue, then a None."""
+    sink: queue.Queue[tuple[int, ProbeResult] | None] = queue.Queue()
+    threading.Thread(
+        target=_probe_into,
+        kwargs={
+            "targets": targets, "settings": settings, "concurrency": concurrency,
+            "stop": stop, "sink": sink,
+        },
+        name="probes",
+        daemon=True,
+    ).start()  # fmt: skip
+    return sink
+
+
+def _drain(
+    sink: queue.Queue[tuple[int, ProbeResult] | None],
+) -> tuple[list[tuple[int, ProbeResult]], bool]:
+    """Block for one result, then take whatever else is ready: one outbox write per batch."""
+    batch: list[tuple[int, ProbeResult]] = []
+    item = sink.get()
+    while item is not None:
+        batch.append(item)
+        if len(batch) >= _BATCH:
+            return batch, False
+        try:
+            item = sink.get_nowait()
+        except queue.Empty:
+            return batch, False
+    return batch, True
+
+
+def probe_all(
+    targets: Sequence[Target],
+    settings: ProbeSettings,
+    *,
+    concurrency: int,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+) -> list[ProbeResult]:
+    """Local mode: probe every target, results in input order (unfinished ones left out)."""
+    stop = stop or threading.Event()
+    ordered: list[ProbeResult | None] = [None] * len(targets)
+    failed = done = 0
+    sink = probe_stream(targets, settings, concurrency=concurrency, stop=stop)
+    finished = False
+    while not finished:
+        batch, finished = _drain(sink)
+        for index, result in batch:
+            ordered[index] = result
+            done += 1
+            failed += 0 if result.ok else 1
+            if progress:
+                progress(done, len(targets), failed)
+    return [r for r in ordered if r is not None]
+
+
+def run_cycle(
+    *,
+    client: ApiClient,
+    outbox: Outbox | None,
+    settings: ProbeSettings,
+    concurrency: int,
+    stop: threading.Event,
+    progress: Progress | None = None,
+    keep_results: bool = False,
+    posters: int = POSTERS,
+    clock: Callable[[], float] = time.monotonic,
+) -> CycleReport:
+    """One cycle; ``outbox=None`` is a dry run that posts nothing.
+
+    Raises ApiError when the domain list cannot be fetched. Once ``stop`` is set no new
+    probe or post starts; what is undelivered stays in the outbox.
+    """
+    started = clock()
+    domains, warnings = client.fetch_domains()
+    for warning in warnings:
+        logger.warning("%s", warning)
+    logger.info("the domain list names %d domains", len(domains))
+    backlog = outbox.pending() if outbox is not None else []
+    if backlog:
+        logger.info("re-sending %d results left in the outbox by earlier cycles", len(backlog))
+    delivery = (
+        _Delivery(client=client, outbox=outbox, workers=posters, stop=stop)
+        if outbox is not None
+        else None
+    )
+    if delivery is not None:
+        delivery.put(backlog)
+    failed: Counter[str] = Counter()
+    retrieved = 0
+    kept: list[ProbeResult | None] = [None] * len(domains) if keep_results else []
+    sink = probe_stream([d.target for d in domains], settings, concurrency=concurrency, stop=stop)
+    finished = False
+    try:
+        while not finished:
+            batch, finished = _drain(sink)
+            records = [_record(domains[index], result) for index, result in batch]
+            if outbox is not None and delivery is not None:
+                outbox.add(records)
+                delivery.put(records)
+                outbox.commit()
+            for index, result in batch:
+                if result.ok:
+                    retrieved += 1
+                else:
+                    assert result.error is not None
+                    failed[result.error.kind.value] += 1
+                    logger.warning(
+                        "%s (domain_id %d) failed: %s",
+                        result.target.text,
+                        domains[index].domain_id,
+                        result.error,
+                        extra={"fields": {"event": "target_failed", "kind": result.error.kind}},
+                    )
+                if keep_results:
+                    kept[index] = result
+                if progress:
+                    progress(retrieved + sum(failed.values()), len(domains), sum(failed.values()))
+    finally:
+        if delivery is not None:
+            delivery.finish()
+        if outbox is not None:
+            outbox.close()
+    queued = len(outbox) if outbox is not None else 0
+    problem = str(delivery.failure) if delivery is not None and delivery.failure else None
+    if delivery is not None and isinstance(delivery.failure, AuthError):
+        code = ExitCode.CRITICAL
+    elif queued or (delivery is not None and delivery.rejected):
+        code = ExitCode.WARNING
+    else:
+        code = ExitCode.OK
+    report = CycleReport(
+        domains=len(domains),
+        skipped=len(warnings),
+        retrieved=retrieved,
+        failed=dict(failed),
+        delivered=delivery.delivered if delivery is not None else 0,
+        queued=queued,
+        rejected=delivery.rejected if delivery is not None else 0,
+        backlog=len(backlog),
+        elapsed_s=clock() - started,
+        exit_code=code,
+        problem=problem,
+        results=tuple(r for r in kept if r is not None),
+    )
+    logger.info("cycle done: %s", report.summary())
+    return report
+
+
+def _record(domain: Domain, result: ProbeResult) -> Record:
+    return Record(
+        domain.domain_id,
+        api.payload(domain, result),
+        datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def run_once(
+    config: Config,
+    *,
+    stop: threading.Event,
+    family: socket.AddressFamily = socket.AF_UNSPEC,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    keep_results: bool = False,
+    sleep: Callable[[float], object] | None = None,
+) -> CycleReport:
+    """One API cycle for a Config: under the state-dir lock, through the outbox.
+
+    A dry run takes no lock and touches no outbox. The default retry sleep waits on
+    ``stop``, so a daemon asked to stop does not sit out a backoff.
+    """
+    settings = probe_settings(config, family=family)
+    with ApiClient(api_settings(config), sleep=sleep or stop.wait, stop=stop) as client:
+        if dry_run:
+            return run_cycle(
+                client=client, outbox=None, settings=settings, concurrency=config.concurrency,
+                stop=stop, progress=progress, keep_results=keep_results,
+            )  # fmt: skip
+        with StateLock(config.state_dir):
+            outbox = Outbox.open(config.state_dir / "outbox")
+            return run_cycle(
+                client=client, outbox=outbox, settings=settings, concurrency=config.concurrency,
+                stop=stop, progress=progress, keep_results=keep_results,
+            )  # fmt: skip
