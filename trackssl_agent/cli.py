@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from trackssl_agent import __version__, config, cycle, output, protocols, scheduler
+from trackssl_agent import __version__, config, output, protocols
 from trackssl_agent.errors import AgentError, UsageError
 from trackssl_agent.log import FORMATS, LEVELS, get_logger, redact, setup_logging
 from trackssl_agent.probe import ProbeSettings, probe_many
@@ -263,6 +263,8 @@ def check_once(
     the outbox in the state dir), print a summary. With --targets FILE: probe the file's
     targets and report with the probe exit codes; no account or token needed.
     """
+    # Imported here: requests and the API client cost ~0.2 s that --version and probe skip.
+    from trackssl_agent import cycle  # noqa: PLC0415
     cfg = config.from_process(
         config_option=config_path,
         options={
@@ -364,6 +366,7 @@ def run(
     SIGTERM or Ctrl-C (Ctrl-Break on Windows) stops it cleanly: no new probes, results not
     yet delivered stay in the outbox, exit 0. A second signal exits at once.
     """
+    from trackssl_agent import scheduler  # noqa: PLC0415 - see check_once
     cfg = config.from_process(
         config_option=config_path,
         options={
