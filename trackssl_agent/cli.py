@@ -265,6 +265,7 @@ def check_once(
     """
     # Imported here: requests and the API client cost ~0.2 s that --version and probe skip.
     from trackssl_agent import cycle  # noqa: PLC0415
+
     cfg = config.from_process(
         config_option=config_path,
         options={
@@ -367,6 +368,7 @@ def run(
     yet delivered stay in the outbox, exit 0. A second signal exits at once.
     """
     from trackssl_agent import scheduler  # noqa: PLC0415 - see check_once
+
     cfg = config.from_process(
         config_option=config_path,
         options={
