@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,27 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.loopback_servers import start_openssl_servers
 from tests.certs import make_chain
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def wait_listening(port: int) -> None:
-    """Block until something accepts on the port."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"server on {port} did not start")
 
 
 def main() -> None:
@@ -55,22 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         chain = make_chain(Path(tmp), kind="ec")
-        procs = []
-        ports = []
-        for _ in range(args.servers):
-            port = free_port()
-            command = [
-                "openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-quiet",
-                "-cert", str(chain.cert_file), "-key", str(chain.key_file),
-            ]  # fmt: skip
-            server = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            procs.append(server)
-            ports.append(port)
+        procs, ports = start_openssl_servers(chain.cert_file, chain.key_file, args.servers)
         try:
-            for port in ports:
-                wait_listening(port)
             targets = [f"127.0.0.1:{ports[i % len(ports)]}" for i in range(args.targets)]
             command = [
                 sys.executable, "-m", "trackssl_agent", "probe", "--json",

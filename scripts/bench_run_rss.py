@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,28 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.loopback_servers import start_openssl_servers
 from tests.api_server import ApiServer
 from tests.certs import make_chain
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def wait_listening(port: int) -> None:
-    """Block until something accepts on the port."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"server on {port} did not start")
 
 
 def rss_kib(pid: int) -> int:
@@ -79,21 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ApiServer() as api:
         chain = make_chain(Path(tmp), kind="ec")
-        procs = []
-        ports = []
-        for _ in range(args.servers):
-            port = free_port()
-            server = ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-quiet"]
-            server += ["-cert", str(chain.cert_file), "-key", str(chain.key_file)]
-            procs.append(
-                subprocess.Popen(
-                    server,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            ports.append(port)
+        procs, ports = start_openssl_servers(chain.cert_file, chain.key_file, args.servers)
         log = Path(tmp) / "agent.jsonl"
         env = {
             **os.environ,
@@ -104,8 +70,6 @@ def main() -> None:
         agent = None
         samples: list[dict[str, Any]] = []
         try:
-            for port in ports:
-                wait_listening(port)
             api.domains = [
                 {"domain_id": i + 1, "hostname": "127.0.0.1", "port": str(ports[i % len(ports)])}
                 for i in range(args.targets)

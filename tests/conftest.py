@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the fake TrackSSL API (``tests/api_server.py``)."""
+"""Shared pytest fixtures: the fake TrackSSL API (``tests/api_server.py``) and loopback targets."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from tests.api_server import ApiServer
 from tests.certs import Chain, make_chain
+from tests.tls_servers import TcpServer, server_context, silent_server, tls_server
 
 
 @pytest.fixture
@@ -37,3 +38,28 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    """The 90-day chain the good targets present."""
+    return make_chain(tmp_path_factory.mktemp("targets"), name="targets")
+
+
+@pytest.fixture(scope="module")
+def good(chain: Chain) -> Iterator[list[TcpServer]]:
+    """Ten TLS servers on loopback presenting ``chain``."""
+    context = server_context(chain)
+    servers = [tls_server(context) for _ in range(10)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[list[TcpServer]]:
+    """Forty listeners that accept and never answer."""
+    servers = [silent_server() for _ in range(40)]
+    yield servers
+    for server in servers:
+        server.close()

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,40 +22,14 @@ from tests.api_server import (
     Reply,
     domain_entries,
 )
-from tests.certs import Chain, make_chain
-from tests.tls_servers import TcpServer, free_port, server_context, silent_server, tls_server
+from tests.cli_helpers import run_cli
+from tests.tls_servers import TcpServer, free_port
 from trackssl_agent.api import ApiClient
-from trackssl_agent.cli import main
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import Outbox
 from trackssl_agent.targets import read_targets_file
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    """A 90-day chain for the good targets."""
-    return make_chain(tmp_path_factory.mktemp("check-once"), name="co")
-
-
-@pytest.fixture(scope="module")
-def good(chain: Chain) -> Iterator[list[TcpServer]]:
-    """Ten TLS servers on loopback."""
-    context = server_context(chain)
-    servers = [tls_server(context) for _ in range(10)]
-    yield servers
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def silent() -> Iterator[list[TcpServer]]:
-    """Forty listeners that never answer."""
-    servers = [silent_server() for _ in range(40)]
-    yield servers
-    for server in servers:
-        server.close()
 
 
 @pytest.fixture
@@ -76,18 +49,6 @@ def use(server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the agent at ``server``."""
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the console entry point in-process; (exit code, stdout, stderr)."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    else:
-        code = 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def subprocess_env(server: ApiServer | None, state: Path, **extra: str) -> dict[str, str]:

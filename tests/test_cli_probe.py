@@ -13,9 +13,9 @@ import pytest
 
 from tests import tls_servers
 from tests.certs import Chain, make_chain
+from tests.cli_helpers import run_cli
 from trackssl_agent import __version__
 from trackssl_agent.certificates import to_pem
-from trackssl_agent.cli import main
 
 SPEC_KEYS = {
     "target", "host", "port", "starttls", "servername", "address", "ok", "error",
@@ -25,18 +25,6 @@ CERT_KEYS = {
     "subject", "issuer", "serial", "sha256", "not_before", "not_after", "days_remaining",
     "sans", "key", "signature_algorithm", "self_signed",
 }  # fmt: skip
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the console entry point in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    else:
-        code = 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

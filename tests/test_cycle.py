@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.api_server import SERVER_ERROR, UNAUTHORIZED, ApiServer, domain_entries
-from tests.certs import Chain, make_chain
-from tests.tls_servers import TcpServer, server_context, silent_server, tls_server
+from tests.certs import Chain
+from tests.tls_servers import TcpServer, server_context, tls_server
 from trackssl_agent import allow
 from trackssl_agent.api import ApiClient, ApiSettings
 from trackssl_agent.cycle import CycleReport, run_cycle
@@ -20,31 +19,6 @@ from trackssl_agent.errors import ApiError
 from trackssl_agent.outbox import Outbox, Record
 from trackssl_agent.probe import ProbeSettings
 from trackssl_agent.report import ExitCode
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    """The chain the good targets present."""
-    return make_chain(tmp_path_factory.mktemp("cycle"), name="cycle")
-
-
-@pytest.fixture(scope="module")
-def good(chain: Chain) -> Iterator[list[TcpServer]]:
-    """Ten TLS servers on loopback."""
-    context = server_context(chain)
-    servers = [tls_server(context) for _ in range(10)]
-    yield servers
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def silent() -> Iterator[list[TcpServer]]:
-    """Forty listeners that accept and never answer."""
-    servers = [silent_server() for _ in range(40)]
-    yield servers
-    for server in servers:
-        server.close()
 
 
 def client(server: ApiServer, *, retries: int = 1) -> ApiClient:

@@ -193,6 +193,24 @@ def config_options(func: F) -> F:
     return func
 
 
+def _load_config(
+    config_path: Path | None,
+    options: dict[str, str | float | int | Path | None],
+    *,
+    log_level: str | None,
+    log_file: Path | None,
+    log_format: str | None,
+) -> config.Config:
+    """The effective Config: these options over the environment over the file."""
+    options = {
+        **options,  # the command's own options
+        config.LOG_LEVEL: log_level,
+        config.LOG_FILE: log_file,
+        config.LOG_FORMAT: log_format,
+    }
+    return config.from_process(config_option=config_path, options=options)
+
+
 class _ProgressLine:
     """``done/total`` on one rewritten stderr line, at most ten times a second."""
 
@@ -266,16 +284,11 @@ def check_once(
     # Imported here: requests and the API client cost ~0.2 s that --version and probe skip.
     from trackssl_agent import cycle  # noqa: PLC0415
 
-    cfg = config.from_process(
-        config_option=config_path,
-        options={
-            config.TIMEOUT: timeout,
-            config.CONCURRENCY: concurrency,
-            config.LOG_LEVEL: log_level,
-            config.LOG_FILE: log_file,
-            config.LOG_FORMAT: log_format,
-        },
-    )
+    cfg = _load_config(
+        config_path,
+        {config.TIMEOUT: timeout, config.CONCURRENCY: concurrency},
+        log_level=log_level, log_file=log_file, log_format=log_format,
+    )  # fmt: skip
     family = address_family(ipv4=ipv4, ipv6=ipv6)
     local = _read_targets(targets_file, starttls=starttls) if targets_file else None
     if local is None and starttls != protocols.AUTO:
@@ -369,17 +382,11 @@ def run(
     """
     from trackssl_agent import scheduler  # noqa: PLC0415 - see check_once
 
-    cfg = config.from_process(
-        config_option=config_path,
-        options={
-            config.INTERVAL: interval,
-            config.TIMEOUT: timeout,
-            config.CONCURRENCY: concurrency,
-            config.LOG_LEVEL: log_level,
-            config.LOG_FILE: log_file,
-            config.LOG_FORMAT: log_format,
-        },
-    )
+    cfg = _load_config(
+        config_path,
+        {config.INTERVAL: interval, config.TIMEOUT: timeout, config.CONCURRENCY: concurrency},
+        log_level=log_level, log_file=log_file, log_format=log_format,
+    )  # fmt: skip
     family = address_family(ipv4=ipv4, ipv6=ipv6)
     config.start_logging(cfg)
     try:
