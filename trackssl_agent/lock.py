@@ -88,7 +88,7 @@ class StateLock:
                 holder = _read_pid(fd)
                 who = f"pid {holder}" if holder else "another process"
                 raise LockError(
-                    f"another trackssl-agent ({who}) is running a cycle with state dir "
+                    f"another trackssl-agent ({who}) is using the state dir "
                     f"{self.directory}; give each agent its own TRACKSSL_STATE_DIR"
                 )
             previous = _read_pid(fd)
