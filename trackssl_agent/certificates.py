@@ -98,6 +98,14 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def expiry(der: bytes) -> datetime | None:
+    """Only ``notAfter`` (UTC), or None if unreadable: cheaper than a whole summary."""
+    try:
+        return _utc(x509.load_der_x509_certificate(der).not_valid_after_utc)
+    except Exception:  # unreadable means unknown, never an error
+        return None
+
+
 def summarize(der: bytes) -> CertSummary:
     """Summarize one DER certificate; never raises."""
     warnings: list[str] = []

@@ -36,10 +36,10 @@ def result_status(result: ProbeResult, thresholds: Thresholds, now: datetime) ->
     """
     if not result.ok or not result.chain:
         return ExitCode.CRITICAL
-    summary = certificates.summarize(result.chain[0])
-    if summary.not_after is None:
+    not_after = certificates.expiry(result.chain[0])
+    if not_after is None:
         return ExitCode.WARNING
-    left = (summary.not_after - now).total_seconds()
+    left = (not_after - now).total_seconds()
     if left < thresholds.crit_days * 86400:
         return ExitCode.CRITICAL
     if left < thresholds.warn_days * 86400:
