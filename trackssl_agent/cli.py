@@ -414,4 +414,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except AgentError as exc:
         click.echo(f"trackssl-agent: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # The reader of stdout went away (``| head``): nothing left to say to anyone.
+        sys.stderr.close()
+        sys.exit(ExitCode.CRITICAL)
+    except Exception as exc:
+        # A bug, not a condition the agent knows: one line here, the traceback at debug level.
+        get_logger(__name__).debug("unexpected error", exc_info=True)
+        click.echo(
+            f"trackssl-agent: internal error: {type(exc).__name__}: {redact(str(exc))}; "
+            "rerun with --log-level debug for the traceback and report it",
+            err=True,
+        )
+        sys.exit(ExitCode.CRITICAL)
     sys.exit(code if isinstance(code, int) else 0)
