@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_server import SERVER_ERROR, UNAUTHORIZED, ApiServer, domain_entries
+from tests.api_server import HANG, SERVER_ERROR, UNAUTHORIZED, ApiServer, domain_entries
 from tests.certs import Chain
 from tests.tls_servers import TcpServer, server_context, tls_server
 from trackssl_agent import allow
@@ -110,20 +110,33 @@ def test_failed_posts_are_delivered_by_the_next_cycle(
 def test_backlog_goes_first_and_newer_results_win(
     api_server: ApiServer, good: list[TcpServer], state_dir: Path
 ) -> None:
-    """Old outbox results are re-sent before new ones; a domain's newest result lands last."""
+    """The whole backlog lands before any new result, even while one old post is held up;
+    a domain's newest result lands last."""
     box = Outbox.open(state_dir)
     box.add([
         Record(99, {"domain": {"domain_id": 99, "tag": "old"}}, "t"),
         Record(1, {"domain": {"domain_id": 1, "tag": "old"}}, "t"),
     ])  # fmt: skip
     api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
-    report = cycle(api_server, state_dir)
+    api_server.script("certificate", HANG)  # the first old post hangs until released
+    reports: list[CycleReport] = []
+    worker = threading.Thread(target=lambda: reports.append(cycle(api_server, state_dir)))
+    worker.start()
+    assert api_server.wait_for(lambda: api_server.hung == 1)
+    time.sleep(0.5)  # the probes finish meanwhile; their results must still wait
+    api_server.release()
+    worker.join(30)
+    assert reports
     ids = api_server.posted_ids()
-    assert ids[0] == 99
-    assert ids.index(99) < ids.index(2)
+    old = [i for i, post in enumerate(api_server.posted) if post.get("tag") == "old"]
+    new = [i for i, post in enumerate(api_server.posted) if "tag" not in post]
+    assert 99 in ids
+    assert old
+    assert new
+    assert max(old) < min(new)  # the whole backlog lands before any new result
     last_for_1 = [p for p in api_server.posted if p["domain_id"] == 1][-1]
     assert "tag" not in last_for_1  # the fresh probe result, not the old record
-    assert report.queued == 0
+    assert reports[0].queued == 0
 
 
 def test_domain_list_failure_raises(api_server: ApiServer, state_dir: Path) -> None:

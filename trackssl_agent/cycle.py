@@ -95,7 +95,10 @@ def probe_settings(config: Config, *, family: socket.AddressFamily) -> ProbeSett
 
 class _Delivery:
     """Poster threads: FIFO, one post at a time per domain, stopping for good when the
-    API turns out to be down or the tokens wrong (the rest waits in the outbox)."""
+    API turns out to be down or the tokens wrong (the rest waits in the outbox).
+
+    The backlog of earlier cycles is delivered before any new result is posted, so the API
+    sees old results first even though several posts run at once."""
 
     def __init__(
         self, *, client: ApiClient, outbox: Outbox, workers: int, stop: threading.Event
@@ -106,6 +109,8 @@ class _Delivery:
         self._cond = threading.Condition()
         self._queue: deque[Record] = deque()
         self._in_flight: set[int] = set()
+        self._backlog: set[int] = set()
+        """``id()`` of backlog records not yet delivered or given up."""
         self._closed = False
         self.delivered = 0
         self.rejected = 0
@@ -117,9 +122,11 @@ class _Delivery:
         for thread in self._threads:
             thread.start()
 
-    def put(self, records: Sequence[Record]) -> None:
+    def put(self, records: Sequence[Record], *, backlog: bool = False) -> None:
         with self._cond:
             self._queue.extend(records)
+            if backlog:
+                self._backlog.update(id(record) for record in records)
             self._cond.notify_all()
 
     def finish(self) -> None:
@@ -143,6 +150,9 @@ class _Delivery:
                     record = self._queue[index]
                     if not self._outbox.is_current(record):
                         del self._queue[index]  # replaced by a newer result: skip it
+                        self._backlog.discard(id(record))
+                    elif self._backlog and id(record) not in self._backlog:
+                        index += 1  # new results wait until the backlog is through
                     elif record.domain_id in self._in_flight:
                         index += 1  # its older result is being posted: keep the order
                     else:
@@ -180,6 +190,7 @@ class _Delivery:
             finally:
                 with self._cond:
                     self._in_flight.discard(record.domain_id)
+                    self._backlog.discard(id(record))
                     self._cond.notify_all()
 
 
@@ -292,7 +303,7 @@ def run_cycle(
         else None
     )
     if delivery is not None:
-        delivery.put(backlog)
+        delivery.put(backlog, backlog=True)
     failed: Counter[str] = Counter()
     retrieved = 0
     kept: list[ProbeResult | None] = [None] * len(domains) if keep_results else []
@@ -350,7 +361,6 @@ def run_cycle(
         problem=problem,
         results=tuple(r for r in kept if r is not None),
     )
-    logger.info("cycle done: %s", report.summary())
     return report
 
 
@@ -380,13 +390,18 @@ def run_once(
     settings = probe_settings(config, family=family)
     with ApiClient(api_settings(config), sleep=sleep or stop.wait, stop=stop) as client:
         if dry_run:
-            return run_cycle(
+            report = run_cycle(
                 client=client, outbox=None, settings=settings, concurrency=config.concurrency,
                 stop=stop, progress=progress, keep_results=keep_results,
             )  # fmt: skip
-        with StateLock(config.state_dir):
-            outbox = Outbox.open(config.state_dir / "outbox")
-            return run_cycle(
-                client=client, outbox=outbox, settings=settings, concurrency=config.concurrency,
-                stop=stop, progress=progress, keep_results=keep_results,
-            )  # fmt: skip
+        else:
+            with StateLock(config.state_dir):
+                outbox = Outbox.open(config.state_dir / "outbox")
+                report = run_cycle(
+                    client=client, outbox=outbox, settings=settings,
+                    concurrency=config.concurrency, stop=stop, progress=progress,
+                    keep_results=keep_results,
+                )  # fmt: skip
+    # The daemon logs its own summary (with the next run time); this one is check-once's.
+    logger.info("cycle done: %s", report.summary())
+    return report
