@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
@@ -12,7 +13,9 @@ import pytest
 
 from tests import protocol_servers as servers
 from tests.certs import Chain, make_chain
+from tests.cli_helpers import run_cli
 from tests.tls_servers import TcpServer, free_port, server_context, silent_server
+from trackssl_agent.certificates import to_pem
 from trackssl_agent.probe import ProbeSettings, probe
 from trackssl_agent.protocols import SCHEMES, Protocol
 from trackssl_agent.results import ErrorKind, ProbeResult
@@ -429,3 +432,24 @@ def test_tls12_server_after_dialogue(tmp_path: Path) -> None:
         result = probe(parse_target(f"smtp://{server.endpoint}"), FAST)
     assert result.chain == chain.ders
     assert result.tls_version == "TLSv1.2"
+
+
+def test_cli_starttls_option_and_scheme_print_the_same_chain(
+    smtp_server: servers.Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``probe --starttls smtp HOST:PORT`` and ``probe smtp://HOST:PORT`` print the same chain
+    as PEM; without the option the plaintext greeting is reported as not TLS."""
+    assert smtp_server.chain is not None
+    port = smtp_server.ports["smtp"]
+    expected = "".join(to_pem(der) for der in smtp_server.chain.ders)
+    code, by_option, _ = run_cli(
+        ["probe", "--pem", "--starttls", "smtp", f"127.0.0.1:{port}"], capsys
+    )
+    assert code == 0
+    assert by_option == expected
+    code, by_scheme, _ = run_cli(["probe", "--pem", f"smtp://127.0.0.1:{port}"], capsys)
+    assert code == 0
+    assert by_scheme == expected
+    code, out, _ = run_cli(["probe", "--json", f"127.0.0.1:{port}"], capsys)
+    assert code == 2
+    assert json.loads(out)[0]["error"]["kind"] == "not_tls"
