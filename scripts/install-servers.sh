@@ -4,7 +4,7 @@
 # that the tests can use the well-known ports (389, 5432, ...) themselves.
 set -euo pipefail
 PACKAGES=(
-  openssl
+  openssl gnutls-bin
   slapd ldap-utils
   postgresql
   mariadb-server

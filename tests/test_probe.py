@@ -318,3 +318,24 @@ def test_hung_dns_lookup_is_abandoned_at_the_deadline() -> None:
     assert time.monotonic() - started < 1.0
     assert info.value.error.kind == ErrorKind.DNS
     assert "did not answer within" in info.value.error.message
+
+
+def test_server_without_secure_renegotiation(rsa_chain: Chain) -> None:
+    """A TLS 1.2 server that omits RFC 5746 renegotiation info (gnutls-serv) is read, while
+    a default OpenSSL 3 client refuses it."""
+    server = tls_servers.GnutlsServer(rsa_chain, "NORMAL:-VERS-TLS1.3:%DISABLE_SAFE_RENEGOTIATION")
+    try:
+        strict = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        strict.check_hostname = False
+        strict.verify_mode = ssl.CERT_NONE
+        with (
+            pytest.raises(ssl.SSLError, match="UNSAFE_LEGACY_RENEGOTIATION"),
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock,
+        ):
+            strict.wrap_socket(sock)
+        result = probe(parse_target(f"127.0.0.1:{server.port}"), FAST)
+    finally:
+        server.close()
+    assert result.ok, result.error
+    assert result.tls_version == "TLSv1.2"
+    assert result.chain == rsa_chain.ders

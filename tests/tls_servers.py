@@ -210,23 +210,16 @@ def record_types(stream: bytes) -> list[int]:
     return types
 
 
-class OpensslServer:
-    """``openssl s_server`` for legacy protocol versions and ciphers."""
+class CommandServer:
+    """A TLS server program run as a subprocess on a free loopback port."""
 
-    def __init__(self, chain: Chain, *extra: str) -> None:
-        if shutil.which("openssl") is None:
-            raise RuntimeError("openssl is not installed")
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+    def __init__(self, command: list[str], port: int) -> None:
+        if shutil.which(command[0]) is None:
+            raise RuntimeError(f"{command[0]} is not installed (scripts/install-servers.sh)")
+        self.port = port
         self.proc = subprocess.Popen(
-            [
-                "openssl", "s_server", "-accept", f"127.0.0.1:{self.port}",
-                "-cert", str(chain.cert_file), "-key", str(chain.key_file), "-quiet", *extra,
-            ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with (
@@ -239,12 +232,44 @@ class OpensslServer:
             time.sleep(0.05)
         err = self.proc.stderr.read().decode() if self.proc.stderr else ""
         self.close()
-        raise RuntimeError(f"openssl s_server did not start: {err}")
+        raise RuntimeError(f"{command[0]} did not start: {err}")
 
     def close(self) -> None:
         """Stop the server."""
         self.proc.kill()
         self.proc.wait()
+
+
+class OpensslServer(CommandServer):
+    """``openssl s_server`` for legacy protocol versions and ciphers."""
+
+    def __init__(self, chain: Chain, *extra: str) -> None:
+        port = free_port()
+        super().__init__(
+            [
+                "openssl", "s_server", "-accept", f"127.0.0.1:{port}",
+                "-cert", str(chain.cert_file), "-key", str(chain.key_file), "-quiet", *extra,
+            ],
+            port,
+        )  # fmt: skip
+
+
+class GnutlsServer(CommandServer):
+    """``gnutls-serv`` with a priority string: it can do what OpenSSL servers cannot, such as
+    leaving out RFC 5746 renegotiation info (``%DISABLE_SAFE_RENEGOTIATION``).
+
+    It listens on every local address (it has no bind option); the tests dial 127.0.0.1 only.
+    """
+
+    def __init__(self, chain: Chain, priority: str) -> None:
+        port = free_port()
+        super().__init__(
+            [
+                "gnutls-serv", "--echo", "-p", str(port), "--priority", priority,
+                "--x509certfile", str(chain.cert_file), "--x509keyfile", str(chain.key_file),
+            ],
+            port,
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
