@@ -39,7 +39,6 @@ def make_cert(
     not_after: datetime | None = None,
     days: float = 90,
     serial: int | None = None,
-    hash_name: str = "sha256",
 ) -> x509.Certificate:
     """One certificate; self-signed unless an issuer name and key are given."""
     now = datetime.now(UTC)
@@ -167,7 +166,7 @@ def self_signed(
         return _openssl_sha1(cert_file, key_file, cn=cn, bits=bits, days=days)
     key = new_key("rsa", bits)
     cert = make_cert(
-        cn=cn, key=key, sans=(cn,), hash_name=hash_name, days=days,
+        cn=cn, key=key, sans=(cn,), days=days,
         not_before=not_before, not_after=not_after, serial=serial,
     )  # fmt: skip
     cert_file.write_bytes(pem(cert))

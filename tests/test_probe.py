@@ -110,32 +110,21 @@ def test_ipv6_loopback(rsa_chain: Chain) -> None:
     assert only_v4.error.kind == ErrorKind.DNS
 
 
-def test_legacy_tls1_sha1_rsa1024(certs: Path) -> None:
-    """A TLS 1.0 server with an RSA-1024/SHA-1 certificate (openssl s_server -tls1) is read."""
-    chain = self_signed(certs, name="legacy", bits=1024, hash_name="sha1")
-    server = tls_servers.OpensslServer(chain, "-tls1", "-cipher", "ALL:@SECLEVEL=0")
+@pytest.mark.parametrize(("flag", "version"), [("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")])
+def test_legacy_tls10_tls11_sha1_rsa1024(certs: Path, flag: str, version: str) -> None:
+    """TLS 1.0 and 1.1-only servers (openssl s_server) with RSA-1024/SHA-1 certificates are read."""
+    chain = self_signed(certs, name=f"legacy{flag}", bits=1024, hash_name="sha1")
+    server = tls_servers.OpensslServer(chain, flag, "-cipher", "ALL:@SECLEVEL=0")
     try:
         result = probe(parse_target(f"127.0.0.1:{server.port}"), FAST)
     finally:
         server.close()
     assert result.ok, result.error
-    assert result.tls_version == "TLSv1"
+    assert result.tls_version == version
     assert result.chain == chain.ders
     summary = summarize(result.chain[0])
     assert summary.key == "RSA 1024"
     assert summary.signature_algorithm == "sha1WithRSAEncryption"
-
-
-def test_legacy_tls11(certs: Path) -> None:
-    """A TLS 1.1-only server is read too."""
-    chain = self_signed(certs, name="legacy11", bits=1024, hash_name="sha1")
-    server = tls_servers.OpensslServer(chain, "-tls1_1", "-cipher", "ALL:@SECLEVEL=0")
-    try:
-        result = probe(parse_target(f"127.0.0.1:{server.port}"), FAST)
-    finally:
-        server.close()
-    assert result.ok, result.error
-    assert result.tls_version == "TLSv1.1"
 
 
 def test_client_context_accepts_legacy_servers() -> None:
