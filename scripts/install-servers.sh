@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real protocol servers the STARTTLS tests run on loopback (Debian/Ubuntu, root).
+# Installs what the tests need from Debian (root): the real TLS and protocol servers they run
+# on loopback, and binutils, which PyInstaller uses to analyse binaries for the frozen tests.
 # Packaged instances are kept from starting (policy-rc.d) and stopped if they did start, so
 # that the tests can use the well-known ports (389, 5432, ...) themselves.
 set -euo pipefail
@@ -12,6 +13,7 @@ PACKAGES=(
   vsftpd
   prosody
   xrdp
+  binutils
 )
 export DEBIAN_FRONTEND=noninteractive
 created_policy=0
