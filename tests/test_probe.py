@@ -207,10 +207,19 @@ def test_plain_http_server_is_not_tls() -> None:
 
 
 def test_unresolvable_name_is_dns() -> None:
-    """A name that does not resolve is `dns` (the .invalid TLD never resolves, RFC 6761)."""
-    result = probe(parse_target("no-such-host.invalid:443"), FAST)
+    """A name that does not resolve is `dns`, naming the host.
+
+    The resolver answers NXDOMAIN in-process: a real lookup would query the machine's DNS
+    server, which is not on loopback.
+    """
+
+    def nxdomain(*args: object) -> list[tuple[object, ...]]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    result = probe(parse_target("no-such-host.invalid:443"), FAST, getaddrinfo=nxdomain)
     assert result.error is not None
     assert result.error.kind == ErrorKind.DNS
+    assert "no-such-host.invalid" in result.error.message
 
 
 def test_sends_only_handshake_and_closes(rsa_chain: Chain) -> None:

@@ -249,6 +249,7 @@ def probe(
     *,
     context: ssl.SSLContext | None = None,
     clock: Callable[[], float] = time.monotonic,
+    getaddrinfo: Callable[..., list[AddrInfo]] = socket.getaddrinfo,
 ) -> ProbeResult:
     """Probe one target; never raises for anything the network or the server does."""
     context = context or client_context()
@@ -259,7 +260,7 @@ def probe(
     address: str | None = None
     stage = "the DNS lookup"
     try:
-        addresses = resolve(target, settings.family, deadline)
+        addresses = resolve(target, settings.family, deadline, getaddrinfo)
         if settings.allow is not None:
             addresses = [a for a in addresses if settings.allow(target, str(a[4][0]))]
             if not addresses:
