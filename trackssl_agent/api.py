@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 
 from trackssl_agent import __version__, certificates, log, protocols
 from trackssl_agent.errors import ApiError, UsageError
-from trackssl_agent.results import ProbeResult
+from trackssl_agent.results import ProbeResult, utc_iso
 from trackssl_agent.targets import Target, parse_target
 
 logger = log.get_logger(__name__)
@@ -427,11 +427,6 @@ def parse_domains(document: Any) -> tuple[list[Domain], list[str]]:
     return domains, warnings
 
 
-def iso(value: datetime) -> str:
-    """``2026-11-27T12:00:00Z``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def payload(domain: Domain, result: ProbeResult) -> dict[str, Any]:
     """The body of SPEC section 5's certificate.json post for one probe result."""
     chain = [certificates.to_pem(der) for der in result.chain] if result.ok else []
@@ -443,7 +438,7 @@ def payload(domain: Domain, result: ProbeResult) -> dict[str, Any]:
             "certificate": chain[0] if chain else "",
             "error": str(result.error) if result.error else "",
             "chain": chain,
-            "probed_at": iso(result.probed_at),
+            "probed_at": utc_iso(result.probed_at),
             "tls_version": result.tls_version,
             "address": result.address,
             "agent_version": __version__,

@@ -32,6 +32,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_TIMEOUT = 10.0
 
 
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=600),
+    default=None,
+    help="One deadline per target: DNS, connect, STARTTLS, handshake [default: 10].",
+)
+"""``--timeout``: None lets the configuration (or the default of 10 s) decide."""
+
+concurrency_option = click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Probes at once [default: 64].",
+)
+"""``--concurrency``: None lets the configuration (or the default of 64) decide."""
+
+
 def family_option(func: F) -> F:
     """``-4`` / ``-6``: restrict addresses to one family."""
     func = click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6 addresses.")(func)
@@ -42,12 +59,7 @@ def probe_options(func: F) -> F:
     """Options shared by ``probe`` and ``check-once`` (SPEC section 2)."""
     for decorator in reversed(
         [
-            click.option(
-                "--timeout",
-                type=click.FloatRange(min=0.1, max=600),
-                default=None,
-                help="One deadline per target: DNS, connect, STARTTLS, handshake [default: 10].",
-            ),
+            timeout_option,
             family_option,
             click.option("--json", "as_json", is_flag=True, help="Machine output (JSON)."),
             click.option(
@@ -252,12 +264,7 @@ def _read_targets(path: Path, *, starttls: str) -> list[Target]:
     help="Local mode: probe the targets of FILE (one a line); no account needed.",
 )
 @click.option("--dry-run", is_flag=True, help="Fetch and probe, post nothing; show results.")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help="Probes at once [default: 64].",
-)
+@concurrency_option
 @config_options
 def check_once(
     timeout: float | None,
@@ -350,18 +357,8 @@ def show_config(config_path: Path | None) -> int:
     default=None,
     help="Time between cycles: 90s, 30m, 4h, 1d; at least 1m [default: 4h].",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1, max=600),
-    default=None,
-    help="One deadline per target: DNS, connect, STARTTLS, handshake [default: 10].",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help="Probes at once [default: 64].",
-)
+@timeout_option
+@concurrency_option
 @family_option
 @config_options
 def run(

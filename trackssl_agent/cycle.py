@@ -22,7 +22,7 @@ from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import Outbox, Record
 from trackssl_agent.probe import ProbeSettings, probe_many
 from trackssl_agent.report import ExitCode
-from trackssl_agent.results import ProbeResult
+from trackssl_agent.results import ProbeResult, utc_iso
 from trackssl_agent.targets import Target
 
 logger = log.get_logger(__name__)
@@ -368,7 +368,7 @@ def _record(domain: Domain, result: ProbeResult) -> Record:
     return Record(
         domain.domain_id,
         api.payload(domain, result),
-        datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        utc_iso(datetime.now(UTC)),
     )
 
 

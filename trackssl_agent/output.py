@@ -6,14 +6,12 @@ from datetime import datetime
 from typing import Any
 
 from trackssl_agent import certificates
-from trackssl_agent.results import CertSummary, ProbeResult
+from trackssl_agent.results import CertSummary, ProbeResult, utc_iso
 
 
 def iso(value: datetime | None) -> str | None:
     """``2026-01-01T00:00:00Z`` or None."""
-    if value is None:
-        return None
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else utc_iso(value)
 
 
 def warning_text(result: ProbeResult, summary: CertSummary | None) -> str | None:

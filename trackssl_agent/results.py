@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from trackssl_agent.targets import Target
+
+
+def utc_iso(value: datetime) -> str:
+    """``2026-11-27T12:00:00Z``: the one timestamp form of the JSON output and the API."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ErrorKind(StrEnum):
