@@ -15,6 +15,11 @@ HANG)`` answers every post that way until ``server.clear()``. Endpoints are
 ``"domains"`` and ``"certificate"``. ``HANG`` holds the request open until
 ``release()`` or the server stops; ``server.hung`` counts requests being held.
 
+Hostile answers: ``Reply.trickled(body, every=0.2)`` sends the headers at once and then
+the body one byte every 0.2 s (``headers_too=True`` trickles the status line and headers
+as well); ``Reply.nested(depth)`` is ``[`` x depth; ``Reply.nulls(n)`` is a domain list
+of ``n`` ``null`` entries; any ``Reply(status, body)`` can carry CR, LF and ESC.
+
 ``ApiServer(tls=chain)`` serves https with a ``tests.certs.make_chain`` chain; point
 ``TRACKSSL_CA_BUNDLE`` at ``chain.ca_file``. The server checks the bearer token and the
 agent token exactly as the cloud does (401 and 404) and records everything it sees.
@@ -51,12 +56,31 @@ class Reply:
     """Hold the request open (answer nothing) until ``release()`` or shutdown."""
     normal: bool = False
     """Serve this request normally (a placeholder inside a script)."""
+    trickle: float = 0.0
+    """Seconds between single bytes of the body (0: send it at once)."""
+    trickle_headers: bool = False
+    """Trickle the status line and headers too, not only the body."""
 
     @staticmethod
     def error(status: int, **headers: str) -> Reply:
         """An error answer with a small JSON body and optional headers."""
         body = json.dumps({"error": f"HTTP {status}"}).encode()
         return Reply(status, body, headers=tuple(headers.items()))
+
+    @staticmethod
+    def trickled(body: bytes, every: float, *, headers_too: bool = False) -> Reply:
+        """A 200 whose body (and headers, with ``headers_too``) arrive a byte at a time."""
+        return Reply(200, body, trickle=every, trickle_headers=headers_too)
+
+    @staticmethod
+    def nested(depth: int) -> Reply:
+        """A 200 of ``depth`` opening brackets: JSON nested beyond any parser's stack."""
+        return Reply(200, b"[" * depth)
+
+    @staticmethod
+    def nulls(count: int) -> Reply:
+        """A domain list of ``count`` ``null`` entries."""
+        return Reply(200, b'{"data": [' + b",".join([b"null"] * count) + b"]}")
 
 
 OK = Reply(normal=True)
@@ -319,6 +343,9 @@ class _Handler(BaseHTTPRequestHandler):
             api._hang()
             self.close_connection = True
             return
+        if reply.trickle:
+            self._trickle(index, reply)
+            return
         if not reply.normal:
             self._send(index, reply.status, reply.body, reply.content_type, reply.headers)
             return
@@ -341,6 +368,28 @@ class _Handler(BaseHTTPRequestHandler):
             with api._lock:
                 api.posted.append(domain)
             self._json(index, 201, {"message": "created"})
+
+    def _trickle(self, index: int, reply: Reply) -> None:
+        """Send ``reply`` a byte every ``reply.trickle`` seconds until done, the client
+        goes away or the server stops."""
+        api = self.server.api
+        head = (
+            f"HTTP/1.1 {reply.status} OK\r\nContent-Type: {reply.content_type}\r\n"
+            f"Content-Length: {len(reply.body)}\r\n\r\n"
+        ).encode()
+        api._answered(index, reply.status)
+        self.close_connection = True
+        try:
+            if not reply.trickle_headers:
+                self.wfile.write(head)
+                head = b""
+            for byte in head + reply.body:
+                if api._stopping:
+                    return
+                self.wfile.write(bytes([byte]))
+                time.sleep(reply.trickle)
+        except OSError:
+            return  # the client cut the connection: what the tests want
 
     def _json(self, index: int, status: int, value: object) -> None:
         self._send(index, status, json.dumps(value).encode(), "application/json", ())

@@ -115,7 +115,7 @@ def test_domain_list_ports_protocols_and_bad_entries(api_server: ApiServer) -> N
     ]
     api_server.domains = entries
     with client(api_server) as c:
-        domains, warnings = c.fetch_domains()
+        domains, skipped = c.fetch_domains()
     assert [d.domain_id for d in domains] == [1, 2, 3, 4]
     assert domains[0].target.starttls is Protocol.LDAP
     assert domains[0].port == "389"
@@ -123,9 +123,12 @@ def test_domain_list_ports_protocols_and_bad_entries(api_server: ApiServer) -> N
     assert domains[1].target.port == 2525
     assert domains[2].target.host == "::1"
     assert domains[3].target.starttls is None
-    assert len(warnings) == 7
-    assert "entry 4 skipped" in warnings[0]
-    assert "gopher" in " ".join(warnings)
+    assert skipped.count == 7
+    lines = skipped.lines()
+    assert len(lines) == 6  # the first five in full, then one count line
+    assert "entry 4 skipped" in lines[0]
+    assert "gopher" in " ".join(lines)
+    assert lines[-1] == "2 more domain list entries skipped (7 in all)"
 
 
 @pytest.mark.parametrize(("reply", "token"), [(UNAUTHORIZED, "AUTH"), (FORBIDDEN, "AUTH")])

@@ -178,7 +178,7 @@ def test_frozen_executable_is_sys_executable(monkeypatch: pytest.MonkeyPatch) ->
         ("TRACKSSL_AGENT_TOKEN=a/b\n", r"TRACKSSL_AGENT_TOKEN: expected letters"),
         ("x\nTRACKSSL_TIMEOUT\n", r"line 1: expected KEY=VALUE"),
         ("TRACKSSL_TIMEOUT='3\n", r"line 1: TRACKSSL_TIMEOUT: the opening ' is never closed"),
-        ("1KEY=3\n", r"line 1: 1KEY is not a valid key"),
+        ("1KEY=3\n", r"line 1: the text before '=' is not a valid key"),
     ],
 )
 def test_bad_input_names_file_line_key_and_expectation(

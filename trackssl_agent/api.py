@@ -6,16 +6,18 @@ a URL, a message or an exception, and ``log.register_secret`` guards the logs be
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import platform
 import random
 import re
+import socket
 import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +25,10 @@ from typing import Any
 
 import requests
 import truststore
+import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from trackssl_agent import __version__, certificates, log, protocols
 from trackssl_agent.errors import ApiError, UsageError
@@ -70,6 +75,13 @@ class ApiSettings:
     ca_bundle: Path | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    """Longest wait for any one read of the socket."""
+    request_deadline: float = 30.0
+    """Longest one request may take in all: connect, headers and the whole body. The
+    read timeout alone would let a server trickling a byte every few seconds hold on."""
+    budget: float = 110.0
+    """Longest one call (the domain list, one post) may take with all its retries and
+    delays: a hung or trickling API is given up on within 2 minutes."""
     retries: int = 4
     """Retries after the first attempt, for 408, 429, 5xx, connection errors and timeouts."""
     backoff: float = 1.0
@@ -94,7 +106,128 @@ class Domain:
     target: Target
 
 
-class _TrustStoreAdapter(HTTPAdapter):
+_active = threading.local()
+
+
+class _Deadline:
+    """The deadline of one request. At it, the sockets the request uses are shut down, so
+    a read blocked on a server that trickles (each byte inside the read timeout) returns
+    at once, whether it waits for the TLS handshake, the headers or the body."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._sockets: list[socket.socket] = []
+        self._owned: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _active.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _active.deadline = None
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+            owned, self._owned, self._sockets = self._owned, [], []
+        for sock in owned:
+            sock.close()
+
+    def watch(self, sock: socket.socket, *, duplicate: bool) -> None:
+        """Cut ``sock`` at the deadline. ``duplicate`` for a fresh TCP socket: the TLS layer
+        detaches that object when it wraps it, while a duplicate of its descriptor still
+        reaches the same connection (and is closed here, never the connection itself)."""
+        try:
+            watched = sock.dup() if duplicate else sock
+        except OSError:
+            return
+        with self._lock:
+            if self._done:
+                if duplicate:
+                    watched.close()
+                return
+            self._sockets.append(watched)
+            if duplicate:
+                self._owned.append(watched)
+        if self.fired:
+            self._fire()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            # The plain socket's shutdown even for an SSLSocket: it must not touch the TLS
+            # state another thread is reading with.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watch(sock: socket.socket | None, *, duplicate: bool) -> None:
+    deadline: _Deadline | None = getattr(_active, "deadline", None)
+    if deadline is not None and sock is not None:
+        deadline.watch(sock, duplicate=duplicate)
+
+
+class _WatchedConnection(HTTPConnection):
+    """A connection whose sockets the current request's deadline can cut."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock, duplicate=True)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock, duplicate=False)  # a kept-alive connection reused
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    """``_WatchedConnection`` for https (and https through a proxy tunnel)."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock, duplicate=True)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock, duplicate=False)
+        super().request(*args, **kwargs)
+
+
+class _WatchedPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """Connections from pools whose sockets a request's deadline can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if type(manager) is urllib3.ProxyManager:  # a SOCKS manager has its own classes
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+class _TrustStoreAdapter(_WatchedAdapter):
     """Verifies the API against the OS trust store (plus TRACKSSL_CA_BUNDLE), also through
     a proxy tunnel, so a TLS-inspecting proxy whose CA is installed just works."""
 
@@ -138,7 +271,7 @@ def make_session(settings: ApiSettings) -> requests.Session:
     session.mount(
         "https://", _TrustStoreAdapter(tls_context(settings.ca_bundle), settings.pool_size)
     )
-    session.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=settings.pool_size))
+    session.mount("http://", _WatchedAdapter(pool_connections=2, pool_maxsize=settings.pool_size))
     session.headers.update(
         {
             "Authorization": f"Bearer {settings.auth_token}",
@@ -177,11 +310,13 @@ class ApiClient:
         jitter: Callable[[], float] = random.random,
         stop: threading.Event | None = None,
         proxies: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         log.register_secret(settings.auth_token)
         self.settings = settings
         self.session = session or make_session(settings)
         self._sleep = sleep
+        self._clock = clock
         self._jitter = jitter
         self._stop = stop
         base = f"{settings.url}/api/v1/agents/{settings.agent_token}"
@@ -201,12 +336,12 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def fetch_domains(self) -> tuple[list[Domain], list[str]]:
-        """The domains this agent must check, and a warning per skipped entry."""
+    def fetch_domains(self) -> tuple[list[Domain], Skipped]:
+        """The domains this agent must check, and a summary of the entries skipped."""
         status, body, content_type = self._request("GET", self.domains_url, what="domain list")
         if status != 200:
             raise ApiError(f"the API answered HTTP {status} to the domain list request")
-        return parse_domains(_json_body(body, content_type, what="the domain list"))
+        return decode_domains(body, content_type)
 
     def post(self, payload: Mapping[str, Any]) -> None:
         """Post one result; returns once the API accepted it."""
@@ -234,47 +369,70 @@ class ApiClient:
         settings = self.settings
         headers = {"Content-Type": "application/json"} if data is not None else {}
         attempts = settings.retries + 1
+        started = self._clock()
+        end = started + settings.budget
         for attempt in range(attempts):
             wait: float | None = None
+            limit = max(0.1, min(settings.request_deadline, end - self._clock()))
+            deadline = _Deadline(limit)
             try:
-                response = self.session.request(
-                    method, url, data=data, headers=headers, stream=True, allow_redirects=False,
-                    timeout=(settings.connect_timeout, settings.read_timeout),
-                    proxies=self._proxies, verify=True,
-                )  # fmt: skip
-                with response:
-                    body = self._read(response, what=what)
+                with deadline:
+                    response = self.session.request(
+                        method, url, data=data, headers=headers, stream=True,
+                        allow_redirects=False, proxies=self._proxies, verify=True,
+                        timeout=(
+                            min(settings.connect_timeout, limit),
+                            min(settings.read_timeout, limit),
+                        ),
+                    )  # fmt: skip
+                    with response:
+                        body = self._read(response, what=what, deadline=deadline)
             except requests.exceptions.SSLError as exc:
-                raise ApiError(
-                    f"TLS verification of {settings.url} failed ({_reason(exc)}); if a "
-                    "TLS-inspecting proxy sits in between, install its CA in the system "
-                    "store or set TRACKSSL_CA_BUNDLE"
-                ) from None
+                if not deadline.fired:
+                    raise ApiError(
+                        f"TLS verification of {settings.url} failed ({_reason(exc)}); if a "
+                        "TLS-inspecting proxy sits in between, install its CA in the system "
+                        "store or set TRACKSSL_CA_BUNDLE"
+                    ) from None
+                problem = f"no complete answer within {limit:g} s"
             except (
                 requests.exceptions.ConnectionError,
                 requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError,
             ) as exc:
-                problem = _reason(exc)
+                problem = (
+                    f"no complete answer within {limit:g} s" if deadline.fired else _reason(exc)
+                )
+            except requests.exceptions.ContentDecodingError as exc:
+                raise ResponseError(
+                    f"the API's answer to the {what} could not be decompressed: {_reason(exc)}"
+                ) from None
+            except requests.exceptions.RequestException as exc:
+                # An unusable URL or header: retrying cannot help.
+                raise ApiError(f"the {what} to {settings.url} failed: {_reason(exc)}") from None
             else:
                 status = response.status_code
                 logger.debug("%s %s -> HTTP %d (%d bytes)", method, url, status, len(body))
                 self._check_auth(status, what=what)
                 if status not in RETRY_STATUSES:
                     if 300 <= status < 400:
+                        location = _shown(response.headers.get("Location") or "(none)")
                         raise ApiError(
-                            f"the API redirected the {what} to {response.headers.get('Location')}"
+                            f"the API redirected the {what} to {location}"
                             "; set TRACKSSL_URL to the final address"
                         )
                     return status, body, response.headers.get("Content-Type", "")
                 problem = f"HTTP {status}"
                 wait = retry_after(response.headers.get("Retry-After"))
-            if attempt + 1 >= attempts or (self._stop is not None and self._stop.is_set()):
+            delay = min(self._delay(attempt) if wait is None else wait, settings.max_delay)
+            over = self._clock() + delay >= end
+            if attempt + 1 >= attempts or over or (self._stop is not None and self._stop.is_set()):
+                spent = self._clock() - started
+                limit_note = f" (its time limit is {settings.budget:g} s)" if over else ""
                 raise TransientError(
-                    f"the {what} failed after {attempt + 1} attempts: {problem} ({settings.url})"
+                    f"the {what} failed after {attempt + 1} attempts in {spent:.0f} s"
+                    f"{limit_note}: {problem} ({settings.url})"
                 )
-            delay = self._delay(attempt) if wait is None else wait
-            delay = min(delay, settings.max_delay)
             logger.warning(
                 "%s failed (%s); retry %d of %d in %.1f s",
                 what, problem, attempt + 1, settings.retries, delay,
@@ -300,18 +458,31 @@ class ApiClient:
                 f"({self.settings.url})"
             )
 
-    def _read(self, response: requests.Response, *, what: str) -> bytes:
+    def _read(self, response: requests.Response, *, what: str, deadline: _Deadline) -> bytes:
+        """The whole body, at most ``max_body`` bytes; a timeout once the deadline passed."""
         limit = self.settings.max_body
+        too_large = ResponseError(
+            f"the API's answer to the {what} is larger than {limit // 1024 // 1024} MiB; "
+            "is TRACKSSL_URL right?"
+        )
+        declared = response.headers.get("Content-Length", "")
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and (len(declared) > 15 or int(declared) > limit)
+        ):
+            raise too_large
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_content(65536):
+            if deadline.fired:
+                raise requests.exceptions.ReadTimeout("the request deadline passed")
             size += len(chunk)
             if size > limit:
-                raise ResponseError(
-                    f"the API's answer to the {what} is larger than {limit // 1024 // 1024} MiB; "
-                    "is TRACKSSL_URL right?"
-                )
+                raise too_large
             chunks.append(chunk)
+        if deadline.fired:
+            raise requests.exceptions.ReadTimeout("the request deadline passed")
         return b"".join(chunks)
 
 
@@ -327,7 +498,7 @@ def _reason(exc: BaseException) -> str:
             break
     if isinstance(exc, requests.exceptions.Timeout) and not isinstance(inner, ssl.SSLError):
         return "timed out"
-    text = str(inner) or type(inner).__name__
+    text = log.printable(str(inner) or type(inner).__name__)
     return text if len(text) <= 200 else text[:200] + "..."
 
 
@@ -343,8 +514,24 @@ def _title(body: bytes) -> str:
 
 
 def _snippet(body: bytes) -> str:
-    text = body[:200].decode("utf-8", "replace").strip()
+    """The start of an error body, made printable: it must not forge a log line."""
+    text = log.printable(body[:200].decode("utf-8", "replace").strip())
     return text or "(empty body)"
+
+
+def _shown(value: object) -> str:
+    """A value from outside for a message: short, escaped, never a deep structure."""
+    if isinstance(value, str):
+        return repr(value[:60]) + ("..." if len(value) > 60 else "")
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if -(10**20) < value < 10**20 else "a huge number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _json_body(body: bytes, content_type: str, *, what: str) -> Any:
@@ -355,8 +542,11 @@ def _json_body(body: bytes, content_type: str, *, what: str) -> Any:
         )
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResponseError(f"the API answered {what} with invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ResponseError(f"the API answered {what} with JSON nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        reason = log.printable(str(exc))[:200]
+        raise ResponseError(f"the API answered {what} with invalid JSON: {reason}") from None
 
 
 def _protocol_option(value: object) -> str | None:
@@ -374,57 +564,113 @@ def _protocol_option(value: object) -> str | None:
     return None
 
 
+_MAX_ID = 2**63
+_MAX_HOSTNAME = 255
+"""Longer than any DNS name (253) or IPv6 literal with brackets."""
+
+
 def _domain(entry: object) -> Domain:
-    """One ``data`` entry; ValueError says what is wrong with it."""
+    """One ``data`` entry; ValueError says what is wrong with it (values shown short)."""
     if not isinstance(entry, dict):
-        raise ValueError("it is not an object")
+        raise ValueError(f"it is {_shown(entry) if entry is None else 'not an object'}")
     raw_id = entry.get("domain_id")
-    if isinstance(raw_id, bool) or not (
-        isinstance(raw_id, int) or (isinstance(raw_id, str) and raw_id.isdigit())
-    ):
-        raise ValueError(f"bad domain_id {raw_id!r}")
+    if isinstance(raw_id, str) and raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 20:
+        domain_id = int(raw_id)
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        domain_id = raw_id
+    else:
+        domain_id = -1
+    if not 0 <= domain_id < _MAX_ID:
+        raise ValueError(f"bad domain_id {_shown(raw_id)}")
     hostname = entry.get("hostname")
-    if not isinstance(hostname, str) or not hostname.strip():
-        raise ValueError(f"bad hostname {hostname!r}")
+    if not isinstance(hostname, str) or not hostname.strip() or len(hostname) > _MAX_HOSTNAME:
+        raise ValueError(f"bad hostname {_shown(hostname)}")
     hostname = hostname.strip()
     raw_port = entry.get("port")
-    if isinstance(raw_port, bool) or not isinstance(raw_port, int | str):
-        raise ValueError(f"bad port {raw_port!r}")
-    port = str(raw_port).strip()
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"bad port {raw_port!r}")
+    if isinstance(raw_port, str) and len(raw_port) <= 16:
+        port_text = raw_port.strip()
+        port = int(port_text) if port_text.isascii() and port_text.isdigit() else 0
+    elif isinstance(raw_port, int) and not isinstance(raw_port, bool):
+        port = raw_port
+    else:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"bad port {_shown(raw_port)}")
     option = _protocol_option(entry.get("protocol"))
     if option is None:
-        raise ValueError(f"unknown protocol {entry.get('protocol')!r}")
+        raise ValueError(f"unknown protocol {_shown(entry.get('protocol'))}")
     host = f"[{hostname}]" if ":" in hostname and not hostname.startswith("[") else hostname
     try:
-        target = parse_target(f"{host}:{int(port)}", starttls=option)
+        target = parse_target(f"{host}:{port}", starttls=option)
     except UsageError as exc:
-        raise ValueError(str(exc)) from None
-    return Domain(int(raw_id), hostname, str(int(port)), target)
+        raise ValueError(log.printable(str(exc))[:300]) from None
+    return Domain(domain_id, hostname, str(port), target)
 
 
-def parse_domains(document: Any) -> tuple[list[Domain], list[str]]:
-    """``{"data": [...]}`` -> domains; a bad entry is skipped with a warning."""
+SHOWN_SKIPPED = 5
+"""Skipped domain-list entries described in full; the rest are counted."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The domain-list entries left out: how many, and why for the first few."""
+
+    count: int = 0
+    first: tuple[str, ...] = ()
+    """One warning each for the first ``SHOWN_SKIPPED`` entries skipped."""
+
+    def lines(self) -> list[str]:
+        """The warnings to log: the first few in full, then one line counting the rest."""
+        more = self.count - len(self.first)
+        if more <= 0:
+            return list(self.first)
+        return [*self.first, f"{more} more domain list entries skipped ({self.count} in all)"]
+
+    # The cycle still treats this as the former list of warnings: it logs each item and
+    # counts ``len``. Iteration gives ``lines()``; ``len`` is the number of entries skipped.
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.lines())
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def parse_domains(document: Any) -> tuple[list[Domain], Skipped]:
+    """``{"data": [...]}`` -> domains; a bad entry is skipped and summarised.
+
+    Memory stays proportional to the good entries: a list of millions of bad ones builds
+    no more than ``SHOWN_SKIPPED`` messages.
+    """
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise ResponseError('the domain list is not of the form {"data": [...]}')
     domains: list[Domain] = []
-    warnings: list[str] = []
+    first: list[str] = []
+    skipped = 0
     seen: set[int] = set()
     for index, entry in enumerate(document["data"]):
+        if entry is None and len(first) >= SHOWN_SKIPPED:
+            skipped += 1  # the common junk, counted without raising
+            continue
         try:
             domain = _domain(entry)
+            if domain.domain_id in seen:
+                raise ValueError(f"domain_id {domain.domain_id} repeats")
         except ValueError as exc:
-            warnings.append(f"domain list entry {index} skipped: {exc}")
-            continue
-        if domain.domain_id in seen:
-            warnings.append(
-                f"domain list entry {index} skipped: domain_id {domain.domain_id} repeats"
-            )
+            skipped += 1
+            if len(first) < SHOWN_SKIPPED:
+                first.append(f"domain list entry {index} skipped: {exc}")
             continue
         seen.add(domain.domain_id)
         domains.append(domain)
-    return domains, warnings
+    return domains, Skipped(skipped, tuple(first))
+
+
+def decode_domains(
+    body: bytes, content_type: str = "application/json"
+) -> tuple[list[Domain], Skipped]:
+    """The body of a ``domains.json`` answer -> domains; ResponseError for anything that is
+    not the domain list (HTML, broken or too deeply nested JSON, another shape)."""
+    return parse_domains(_json_body(body, content_type, what="the domain list"))
 
 
 def payload(domain: Domain, result: ProbeResult) -> dict[str, Any]:

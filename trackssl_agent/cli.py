@@ -21,7 +21,7 @@ import click
 
 from trackssl_agent import __version__, config, output, protocols
 from trackssl_agent.errors import AgentError, UsageError
-from trackssl_agent.log import FORMATS, LEVELS, get_logger, redact, setup_logging
+from trackssl_agent.log import FORMATS, LEVELS, get_logger, printable, redact, setup_logging
 from trackssl_agent.probe import ProbeSettings, probe_many
 from trackssl_agent.report import ExitCode, Thresholds, probe_exit_code
 from trackssl_agent.results import ProbeResult
@@ -30,6 +30,19 @@ from trackssl_agent.targets import Target, encode_hostname, parse_target, read_t
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_TIMEOUT = 10.0
+
+
+class _FilePath(click.Path):
+    """A file path option that refuses a NUL byte (usage error, exit 3): ``os.stat``
+    would raise ValueError on it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            self.fail("expected a path without NUL characters", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_FILE = _FilePath(dir_okay=False, path_type=Path)
 
 
 timeout_option = click.option(
@@ -184,7 +197,7 @@ def config_options(func: F) -> F:
             click.option(
                 "--config",
                 "config_path",
-                type=click.Path(dir_okay=False, path_type=Path),
+                type=_FILE,
                 help="Configuration file [default: $TRACKSSL_CONFIG, ./environment.txt].",
             ),
             click.option(
@@ -192,7 +205,7 @@ def config_options(func: F) -> F:
             ),
             click.option(
                 "--log-file",
-                type=click.Path(dir_okay=False, path_type=Path),
+                type=_FILE,
                 default=None,
                 help="Log to this file, rotated by size [default: stderr].",
             ),
@@ -260,7 +273,7 @@ def _read_targets(path: Path, *, starttls: str) -> list[Target]:
 @click.option(
     "--targets",
     "targets_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_FILE,
     help="Local mode: probe the targets of FILE (one a line); no account needed.",
 )
 @click.option("--dry-run", is_flag=True, help="Fetch and probe, post nothing; show results.")
@@ -335,7 +348,7 @@ def check_once(
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_FILE,
     help="Configuration file [default: $TRACKSSL_CONFIG, ./environment.txt].",
 )
 def show_config(config_path: Path | None) -> int:
@@ -409,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except AgentError as exc:
-        click.echo(f"trackssl-agent: {redact(str(exc))}", err=True)
+        # printable: a message may quote outside text (an API body, a path); one line.
+        click.echo(f"trackssl-agent: {printable(redact(str(exc)))}", err=True)
         sys.exit(exc.exit_code)
     except BrokenPipeError:
         # The reader of stdout went away (``| head``): nothing left to say to anyone.
@@ -419,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # A bug, not a condition the agent knows: one line here, the traceback at debug level.
         get_logger(__name__).debug("unexpected error", exc_info=True)
         click.echo(
-            f"trackssl-agent: internal error: {type(exc).__name__}: {redact(str(exc))}; "
+            f"trackssl-agent: internal error: {type(exc).__name__}: {printable(redact(str(exc)))}; "
             "rerun with --log-level debug for the traceback and report it",
             err=True,
         )

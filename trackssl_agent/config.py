@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -26,6 +27,13 @@ from trackssl_agent.errors import ConfigError
 FILE_NAME = "environment.txt"
 APP_NAME = "trackssl-agent"
 MIN_INTERVAL = 60.0
+MAX_INTERVAL = 30 * 86400.0
+"""30 days: longer would leave certificates unwatched, and the scheduler's arithmetic on
+huge intervals overflows."""
+MAX_FILE_BYTES = 1024 * 1024
+"""environment.txt is a dozen lines; a bigger file is the wrong file."""
+_SHOWN_CHARS = 60
+"""At most this much of a bad value is quoted back in a message."""
 
 AUTH_TOKEN = "TRACKSSL_AUTH_TOKEN"  # noqa: S105 - a key name, not a secret
 AGENT_TOKEN = "TRACKSSL_AGENT_TOKEN"  # noqa: S105 - a key name
@@ -59,12 +67,15 @@ DEFAULTS: dict[str, str] = {
 KEYS = tuple(DEFAULTS)
 KNOWN_KEYS = (*KEYS, INTERVAL_ALIAS, CONFIG)
 
-_LINE = re.compile(r"^(?:export\s+)?([^=\s]*)\s*=\s*(.*)$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _AGENT_TOKEN = re.compile(r"^[A-Za-z0-9._~-]+$")
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters (tab aside) that no value may hold: a NUL in a path is a crash
+later, an escape sequence in a value reaches the terminal."""
+_COMMENT = re.compile(r"\s#")
 
 
 class Source(StrEnum):
@@ -145,8 +156,9 @@ class Config:
                 value = str(self.state_dir)
             elif value == "":
                 value = "(not set)"
-            rows.append((key, value, origin))
-        rows.append((CONFIG, str(self.file) if self.file else "(none found)", "lookup"))
+            rows.append((key, log.printable(value), log.printable(origin)))
+        file = log.printable(str(self.file)) if self.file else "(none found)"
+        rows.append((CONFIG, file, "lookup"))
         return rows
 
 
@@ -177,11 +189,15 @@ def find_file(
     """The configuration file: ``--config``, ``$TRACKSSL_CONFIG``, ``./environment.txt``,
     then ``environment.txt`` beside ``executable`` (pass it only for frozen builds)."""
     if option is not None:
+        if "\0" in str(option):
+            raise ConfigError("--config: expected a path without NUL characters")
         if not option.is_file():
             raise ConfigError(f"--config {option}: no such file")
         return option
     named = environ.get(CONFIG)
     if named:
+        if "\0" in named:
+            raise ConfigError(f"${CONFIG}: expected a path without NUL characters")
         path = Path(named)
         if not path.is_file():
             raise ConfigError(f"${CONFIG}={named}: no such file")
@@ -216,14 +232,17 @@ def _unquote(value: str, *, where: str, key: str) -> str:
         if rest and not rest.startswith("#"):
             raise ConfigError(f"{where}: {key}: unexpected text after the closing {quote}")
         return value[1:end]
-    # An unquoted value ends at a " #" comment, as in shell and dotenv files.
-    return re.split(r"\s+#", value, maxsplit=1)[0].strip()
+    # An unquoted value ends at a " #" comment, as in shell and dotenv files. A fixed-width
+    # search: r"\s+#" backtracks over every run of spaces, quadratic in the line length.
+    comment = _COMMENT.search(value)
+    return (value[: comment.start()] if comment else value).strip()
 
 
 def parse_lines(text: str, *, source: str) -> list[Line]:
     """Parse environment.txt text; ConfigError names the file, line and what was expected.
 
-    The value of a bad line is never quoted back: it may be a pasted token.
+    Neither the value nor the key of a bad line is quoted back: a pasted token may be
+    either. Linear in the length of ``text`` (no backtracking regular expression).
     """
     lines: list[Line] = []
     for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
@@ -231,16 +250,19 @@ def parse_lines(text: str, *, source: str) -> list[Line]:
         if not stripped or stripped.startswith("#"):
             continue
         where = f"{source}, line {number}"
-        match = _LINE.match(stripped)
-        if match is None:
+        head, equals, value = stripped.partition("=")
+        if not equals:
             raise ConfigError(f"{where}: expected KEY=VALUE, found no '='")
-        key, value = match.group(1), match.group(2).strip()
+        words = head.split()
+        if len(words) == 2 and words[0] == "export":
+            words = words[1:]
+        key = words[0] if len(words) == 1 else ""
         if not _KEY.match(key):
-            shown = key if key.isprintable() and len(key) <= 40 else "the key"
             raise ConfigError(
-                f"{where}: {shown!s} is not a valid key: expected letters, digits and '_'"
+                f"{where}: the text before '=' is not a valid key: expected "
+                "letters, digits and '_' (the line is not shown: it may hold a secret)"
             )
-        lines.append(Line(key.upper(), _unquote(value, where=where, key=key), number))
+        lines.append(Line(key.upper(), _unquote(value.strip(), where=where, key=key), number))
     return lines
 
 
@@ -257,10 +279,13 @@ def parse_duration(text: str) -> float:
         position = match.end()
     if position != len(compact):
         raise ValueError(text)
-    return total
+    # 400 nines are inf as a float: the caller's bound refuses it like any huge value.
+    return total if math.isfinite(total) else math.inf
 
 
 def _suggest(key: str) -> str:
+    if len(key) > 64:
+        return ""  # difflib is quadratic; no key is that long
     close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.5)
     return f"; did you mean {close[0]}?" if close else ""
 
@@ -335,8 +360,10 @@ def load(
     if file is not None:
         try:
             text = (read_text or _read_text)(file)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{file}: cannot read it: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read it: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file}: not UTF-8 text; save the file as UTF-8") from None
         lines = parse_lines(text, source=str(file))
     warnings: list[str] = []
     settings = _merge(
@@ -356,7 +383,18 @@ def load(
 
 
 def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8-sig")
+    """The file's text, at most MAX_FILE_BYTES; ConfigError names the line that is not UTF-8."""
+    with path.open("rb") as stream:
+        data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; is it the right file?"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text; save the file as UTF-8") from None
 
 
 def token_file_warning(file: Path, *, platform: str = sys.platform) -> str | None:
@@ -396,12 +434,68 @@ def _path(setting: Setting, cwd: Path) -> Path | None:
     return path
 
 
+def _shown(value: str) -> str:
+    """``value`` quoted for a message: escaped, and cut short when long."""
+    if len(value) > _SHOWN_CHARS:
+        return repr(value[:_SHOWN_CHARS]) + "..."
+    return repr(value)
+
+
+_PATH_KEYS = frozenset({CA_BUNDLE, STATE_DIR, LOG_FILE})
+_SHORT = 16
+"""Longest bad value of a number, duration or name quoted back: anything longer may be a
+token pasted on the wrong line."""
+
+
+def _shown_value(key: str, value: str) -> str:
+    """A bad value for a message, unless it may be a secret: a URL with user-info, query
+    or fragment, or any long value that is not a path."""
+    if key in _PATH_KEYS:
+        return _shown(value)
+    if key == URL:
+        if "://" not in value or any(char in value for char in "@?#"):
+            return "a value not shown (it may hold a password or token)"
+        return _shown(value)
+    if len(value) <= _SHORT:
+        return repr(value)
+    return f"a value of {len(value)} characters (not shown: it may be a token)"
+
+
+def check_log_file(path: Path) -> str | None:
+    """Why ``path`` cannot be the log file, or None when it looks usable.
+
+    Checked without creating anything, so ``config`` can say it too; opening it in
+    ``start_logging`` is the final word.
+    """
+    if path.is_dir():
+        return "a file, not a directory"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "a file this user can write"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"a path whose folder is a directory ({parent} is not)"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"a file in a folder this user can write ({parent} is not writable)"
+    return None
+
+
 def check_url(text: str) -> str:
-    """The base URL without a trailing slash; ValueError unless https or loopback http."""
-    parts = urlsplit(text)
+    """The base URL without a trailing slash; ValueError unless https or loopback http.
+
+    The ValueError's text never repeats the URL: user-info would be a password.
+    """
+    usage = "an https:// URL such as https://app.trackssl.com"
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ValueError(usage)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise ValueError(usage) from None
     if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ValueError("an https:// URL such as https://app.trackssl.com")
-    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(usage)
+    if "@" in parts.netloc or parts.query or parts.fragment:
         raise ValueError("a base URL without user, query or fragment")
     try:
         _ = parts.port
@@ -423,6 +517,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _number(text: str, kind: Callable[[str], float]) -> float:
+    """``kind(text)``, or nan (outside every range) when it is not a number."""
+    try:
+        return kind(text)
+    except ValueError:
+        return math.nan
+
+
+def _interval_expected(interval: float) -> str:
+    if interval < MIN_INTERVAL:
+        return "a duration of at least 1 minute"
+    if interval > MAX_INTERVAL:
+        return "a duration of at most 30 days (30d)"
+    return "a duration such as 90s, 30m, 4h or 1d"
+
+
 def _validate(
     settings: Mapping[str, Setting],
     *,
@@ -434,9 +544,14 @@ def _validate(
 ) -> Config:
     def fail(key: str, expected: str, *, show: bool = True) -> ConfigError:
         setting = _value(settings, key)
-        got = f", got {setting.value!r}" if show else ""
+        got = ""
+        if show:
+            got = f", got {_shown_value(key, setting.value)}"
         return ConfigError(f"{_where(setting)}: expected {expected}{got}")
 
+    for key in (key for key, setting in settings.items() if _CONTROL.search(setting.value)):
+        # Not shown: it may be a token, and its control characters would reach the terminal.
+        raise fail(key, "a value without NUL or other control characters", show=False)
     auth = _value(settings, AUTH_TOKEN).value
     if auth and not _TOKEN_CHARS.match(auth):
         raise fail(AUTH_TOKEN, "a token without spaces or control characters", show=False)
@@ -450,20 +565,14 @@ def _validate(
     try:
         interval = parse_duration(_value(settings, INTERVAL).value)
     except ValueError:
-        raise fail(INTERVAL, "a duration such as 90s, 30m, 4h or 1d") from None
-    if interval < MIN_INTERVAL:
-        raise fail(INTERVAL, "a duration of at least 1 minute")
-    try:
-        concurrency = int(_value(settings, CONCURRENCY).value)
-    except ValueError:
-        concurrency = 0
+        interval = math.nan
+    if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+        raise fail(INTERVAL, _interval_expected(interval))
+    concurrency = _number(_value(settings, CONCURRENCY).value, int)
     if not 1 <= concurrency <= 1024:
         raise fail(CONCURRENCY, "a whole number from 1 to 1024")
-    try:
-        timeout = float(_value(settings, TIMEOUT).value)
-    except ValueError:
-        timeout = 0.0
-    if not 0.1 <= timeout <= 600:
+    timeout = _number(_value(settings, TIMEOUT).value, float)
+    if not 0.1 <= timeout <= 600:  # also refuses nan and inf
         raise fail(TIMEOUT, "seconds between 0.1 and 600")
     ca_bundle = _path(_value(settings, CA_BUNDLE), cwd)
     if ca_bundle is not None and not ca_bundle.is_file():
@@ -471,11 +580,14 @@ def _validate(
     try:
         allowed = allow.parse(_value(settings, ALLOW).value)
     except ValueError as exc:
-        raise fail(ALLOW, f"comma-separated CIDRs and host globs ({exc})") from None
+        raise fail(ALLOW, f"comma-separated CIDRs and host globs ({exc})", show=False) from None
     state_dir = _path(_value(settings, STATE_DIR), cwd) or default_state_dir(
         environ=environ, platform=platform
     )
     log_file = _path(_value(settings, LOG_FILE), cwd)
+    problem = check_log_file(log_file) if log_file is not None else None
+    if problem:
+        raise fail(LOG_FILE, problem)
     level = _value(settings, LOG_LEVEL).value.lower()
     if level not in log.LEVELS:
         raise fail(LOG_LEVEL, "one of " + ", ".join(log.LEVELS))
@@ -487,7 +599,7 @@ def _validate(
         agent_token=agent or None,
         url=url,
         interval=interval,
-        concurrency=concurrency,
+        concurrency=int(concurrency),
         timeout=timeout,
         ca_bundle=ca_bundle,
         allow=allowed,
@@ -515,8 +627,20 @@ def from_process(
 
 
 def start_logging(config: Config) -> None:
-    """Set up logging as ``config`` says, then log its warnings (once, there)."""
-    logger = log.setup_logging(level=config.log_level, file=config.log_file, fmt=config.log_format)
+    """Set up logging as ``config`` says, then log its warnings (once, there).
+
+    ConfigError (exit 3, before anything is contacted) when the log file cannot be opened.
+    """
+    try:
+        logger = log.setup_logging(
+            level=config.log_level, file=config.log_file, fmt=config.log_format
+        )
+    except OSError as exc:
+        where = _where(_value(config.settings, LOG_FILE))
+        raise ConfigError(
+            f"{where}: cannot open {config.log_file}: {exc.strerror or exc}; "
+            "choose a file this user can write"
+        ) from None
     for warning in config.warnings:
         logger.warning("%s", warning)
     logger.debug("configuration: %s", ", ".join(f"{k}={v} ({o})" for k, v, o in config.describe()))

@@ -8,7 +8,7 @@ import logging.handlers
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 LOGGER_NAME = "trackssl_agent"
 REDACTED = "[REDACTED]"
@@ -26,6 +26,30 @@ def register_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    return _ESCAPES.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
+def printable(text: str) -> str:
+    """``text`` on one line with nothing a terminal acts on: CR, LF, ESC, other controls
+    and invisible format characters (bidi overrides) become ``\\n``-style escapes.
+
+    For any text from outside (an API body, a server greeting, a file) before it reaches a
+    log line or the terminal: a CR or LF there could forge a log line, an ESC recolour or
+    rewrite the screen.
+    """
+    if text.isprintable():
+        return text
+    return "".join(map(_escape, text))
+
+
 def redact(text: str) -> str:
     """``text`` with every registered secret replaced."""
     for secret in _secrets:
@@ -35,8 +59,18 @@ def redact(text: str) -> str:
 
 
 class _TextFormatter(logging.Formatter):
+    """One record, one line: the message is made printable, so text from outside that
+    reached it cannot forge a line; a traceback (debug) keeps its own line breaks."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        text = super().formatException(ei)
+        return "\n".join(printable(line) for line in text.split("\n"))
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
