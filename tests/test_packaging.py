@@ -1,42 +1,91 @@
-"""The unattended wrappers under build/: Task Scheduler XML, systemd units, launchd plist,
-Dockerfile, and the install scripts that fill the task template."""
+"""The unattended wrappers under build/: Task Scheduler XML and its install scripts, systemd
+units (and what each key needs of systemd), the launchd plist and its newsyslog entry, the
+Dockerfile and compose file, and the Windows version resource."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
 import plistlib
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from trackssl_agent import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
 TASK_XML = BUILD / "windows" / "trackssl-agent-task.xml"
 TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
+INSTALL_PS1 = ROOT / "scripts" / "install-windows-task.ps1"
 LINUX = BUILD / "linux"
+SERVICES = ("trackssl-agent.service", "trackssl-agent-check.service")
+DROP_IN = LINUX / "hardening-systemd245.conf"
 PLIST = BUILD / "macos" / "com.trackssl.agent.plist"
+NEWSYSLOG = BUILD / "macos" / "trackssl-agent.newsyslog.conf"
+DOCKER = BUILD / "docker"
 EXE = "/usr/local/bin/trackssl-agent"
+CONFIG = "/etc/trackssl-agent/environment.txt"
+USER = "trackssl-agent"
+
+# The oldest systemd the units must load cleanly on: RHEL/Alma/Rocky 8.
+OLDEST_SYSTEMD = 239
+
+# The systemd version that introduced each key the units use (systemd.directives(7) and
+# NEWS; values that need a newer systemd than their key are listed under KEY=VALUE).
+# Keys that even RHEL 7's systemd 219 knows are listed as 219. A key missing here fails
+# test_every_unit_key_has_a_known_systemd_version, so a new key needs a look-up first.
+SYSTEMD_SINCE = {
+    "Description": 219, "Documentation": 219, "Wants": 219, "After": 219,
+    "Type": 219, "ExecStart": 219, "Environment": 219, "KillSignal": 219,
+    "TimeoutStopSec": 219, "TimeoutStartSec": 219, "Restart": 219, "RestartSec": 219,
+    "RestartPreventExitStatus": 219, "User": 219, "Group": 219, "UMask": 219,
+    "WantedBy": 219, "OnCalendar": 219, "Persistent": 219, "Unit": 219,
+    "PrivateTmp": 219, "PrivateDevices": 219, "NoNewPrivileges": 219, "ProtectHome": 219,
+    "CapabilityBoundingSet": 219, "SystemCallArchitectures": 219, "SystemCallFilter": 219,
+    "SystemCallErrorNumber": 219, "RestrictAddressFamilies": 219, "ProtectSystem": 219,
+    "AmbientCapabilities": 229, "RestrictRealtime": 231, "MemoryDenyWriteExecute": 231,
+    "RandomizedDelaySec": 229, "RemoveIPC": 232, "ProtectKernelTunables": 232,
+    "ProtectKernelModules": 232, "ProtectControlGroups": 232, "RestrictNamespaces": 233,
+    "LockPersonality": 235, "StateDirectory": 235, "StateDirectoryMode": 235,
+    "ProtectSystem=strict": 232, "SystemCallFilter=@system-service": 239,
+    "ProtectHostname": 242, "RestrictSUIDSGID": 242, "ProtectKernelLogs": 244,
+    "ProtectClock": 245,
+}  # fmt: skip
 
 HARDENING = {
-    "DynamicUser": "yes",
+    "User": USER,
+    "Group": USER,
     "StateDirectory": "trackssl-agent",
+    "StateDirectoryMode": "0700",
     "ProtectSystem": "strict",
     "ProtectHome": "yes",
     "PrivateTmp": "yes",
     "PrivateDevices": "yes",
     "NoNewPrivileges": "yes",
+    "RemoveIPC": "yes",
     "ProtectKernelTunables": "yes",
     "ProtectKernelModules": "yes",
     "ProtectControlGroups": "yes",
     "RestrictNamespaces": "yes",
-    "RestrictSUIDSGID": "yes",
     "LockPersonality": "yes",
     "CapabilityBoundingSet": "",
     "SystemCallArchitectures": "native",
+    "SystemCallFilter": "@system-service",
     "UMask": "0077",
+}
+NEWER_HARDENING = {
+    "ProtectHostname": "yes",
+    "RestrictSUIDSGID": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectClock": "yes",
 }
 
 
@@ -52,11 +101,11 @@ def text(root: ET.Element, path: str) -> str:
     return (found[0].text or "").strip()
 
 
-def unit(name: str) -> dict[str, dict[str, list[str]]]:
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     """A systemd unit file as {section: {key: [values]}} (keys may repeat, as in systemd)."""
     sections: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] | None = None
-    for number, raw in enumerate((LINUX / name).read_text().splitlines(), 1):
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -64,9 +113,14 @@ def unit(name: str) -> dict[str, dict[str, list[str]]]:
             current = sections.setdefault(line[1:-1], {})
             continue
         key, sep, value = line.partition("=")
-        assert sep and current is not None, f"{name}:{number}: not KEY=VALUE in a section"
+        assert sep and current is not None, f"{path.name}:{number}: not KEY=VALUE in a section"
         current.setdefault(key.strip(), []).append(value.strip())
     return sections
+
+
+def unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """One of the units in build/linux."""
+    return parse_unit(LINUX / name)
 
 
 def one(section: dict[str, list[str]], key: str) -> str:
@@ -74,6 +128,54 @@ def one(section: dict[str, list[str]], key: str) -> str:
     values = section.get(key, [])
     assert len(values) == 1, f"{key}: {values}"
     return values[0]
+
+
+def needs(key: str, value: str) -> int:
+    """The systemd version that ``key=value`` needs (a value may need more than its key)."""
+    assert key in SYSTEMD_SINCE, f"{key}: add the systemd version that introduced it"
+    return max(SYSTEMD_SINCE[key], SYSTEMD_SINCE.get(f"{key}={value}", 0))
+
+
+def unit_keys(path: Path) -> list[tuple[str, str]]:
+    """Every (key, value) of a unit or drop-in file."""
+    return [
+        (key, value)
+        for section in parse_unit(path).values()
+        for key, values in section.items()
+        for value in values
+    ]
+
+
+def systemd_version(analyze: str) -> int:
+    """The major version of the local systemd (``systemd 252 (252.38-1~deb12u1)``)."""
+    out = subprocess.run(
+        [analyze, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    match = re.match(r"systemd (\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+def systemd_analyze() -> str:
+    """systemd-analyze; on Linux under CI=true its absence fails, elsewhere it skips."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if sys.platform.startswith("linux") and os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+        pytest.skip("systemd-analyze is not installed")
+    return analyze
+
+
+def load_module(path: Path) -> ModuleType:
+    """Import a script that lives outside the package by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- Task Scheduler -----------------------------------------------------------------------
 
 
 def test_task_xml_runs_check_once_from_the_working_dir() -> None:
@@ -109,15 +211,16 @@ def test_task_xml_every_four_hours_as_system() -> None:
     assert text(root, "t:Triggers/t:TimeTrigger/t:Repetition/t:Interval") == "PT4H"
     assert root.find("t:Triggers/t:TimeTrigger/t:Repetition/t:Duration", TASK_NS) is None
     assert text(root, "t:Triggers/t:TimeTrigger/t:Enabled") == "true"
+    assert text(root, "t:Triggers/t:TimeTrigger/t:RandomDelay") == "PT10M"
     assert text(root, "t:Principals/t:Principal/t:UserId") == "__USER__"
-    install = (ROOT / "scripts" / "install-windows-task.ps1").read_text()
+    install = INSTALL_PS1.read_text()
     assert re.search(r"\[string\] \$User = 'S-1-5-18'", install), "SYSTEM is not the default"
 
 
 def test_install_script_fills_every_placeholder_of_the_template() -> None:
     """The placeholders of the template and those the install script replaces are the same."""
     placeholders = set(re.findall(r"__[A-Z_]+__", TASK_XML.read_text()))
-    install = (ROOT / "scripts" / "install-windows-task.ps1").read_text()
+    install = INSTALL_PS1.read_text()
     filled = set(re.findall(r"'(__[A-Z_]+__)'\s*=", install))
     assert placeholders == filled
     assert "SecurityElement]::Escape" in install  # paths with & or < stay well-formed
@@ -144,47 +247,200 @@ def test_task_xml_filled_with_awkward_paths_stays_well_formed() -> None:
     assert "__" not in xml.split("-->", 1)[1]
 
 
+def test_install_script_start_time_is_culture_invariant() -> None:
+    """The start boundary is formatted with the invariant culture's sortable pattern, never the
+    current culture (a Thai or Hijri calendar year would keep the task from ever firing)."""
+    install = INSTALL_PS1.read_text()
+    [start] = re.findall(r"^\$start = (.+)$", install, re.MULTILINE)
+    invariant = "[System.Globalization.CultureInfo]::InvariantCulture"
+    assert start == f"(Get-Date).Date.ToString('s', {invariant})"
+    assert "'__START__'    = $start" in install
+    code = "\n".join(line for line in install.splitlines() if not line.lstrip().startswith("#"))
+    assert "-Format" not in code
+    # A custom pattern such as 'yyyy-MM-ddTHH:mm:ss' follows the current culture's calendar.
+    assert not re.search(r"ToString\('[yMdHm]", code), "a culture-dependent date pattern"
+
+
+def test_install_script_accounts_gmsa_and_unattended() -> None:
+    """A gMSA gets LogonType Password without a password; a service account's password comes
+    from -Credential, and without one a non-interactive session fails instead of prompting."""
+    install = INSTALL_PS1.read_text()
+    assert re.search(r"^\s*\[pscredential\] \$Credential = \$null,$", install, re.MULTILINE)
+    assert "$IsGmsa = (-not $IsSystem) -and $User.EndsWith('$')" in install
+    gmsa = install.split("if ($IsGmsa) {\n", 1)[1].split("\n}", 1)[0]
+    assert "New-ScheduledTaskPrincipal -UserId $User -LogonType Password" in gmsa
+    assert "Password" in gmsa and "-Password" not in gmsa
+    prompt = install.split("if ($null -eq $Credential) {", 1)[1].split("Get-Credential", 1)[0]
+    assert "[Environment]::UserInteractive" in prompt and "throw" in prompt
+
+
+def test_install_script_protects_the_data_folder() -> None:
+    """The data folder's inherited entries are removed and only SYSTEM, Administrators and the
+    task's account are granted; files already inside are reset to inherit that."""
+    install = INSTALL_PS1.read_text()
+    private = install.split("function Set-PrivateFolder", 1)[1].split("\n}\n", 1)[0]
+    assert "$acl.SetAccessRuleProtection($true, $false)" in private
+    assert "New-Object System.Security.AccessControl.DirectorySecurity" in private
+    assert "Set-Acl -LiteralPath $path -AclObject $acl" in private
+    assert "/reset /T" in private
+    assert "Set-PrivateFolder $DataDir" in install
+
+
+def test_install_script_refuses_a_user_writable_executable_as_system() -> None:
+    """Before registering as SYSTEM, the script checks the executable, its folder and every
+    folder above for writers other than SYSTEM, Administrators and TrustedInstaller."""
+    install = INSTALL_PS1.read_text()
+    assert "if ($IsSystem) { Assert-OnlyAdministratorsCanReplace $exe }" in install
+    assert install.index("Assert-OnlyAdministratorsCanReplace $exe }") < install.index(
+        "Register-ScheduledTask -TaskName"
+    )
+    check = install.split("function Assert-OnlyAdministratorsCanReplace", 1)[1]
+    assert "while ($parent)" in check and "throw" in check
+    trusted = install.split("$TrustedSids = @(", 1)[1].split(")", 1)[0]
+    sids = set(re.findall(r"'(S-[0-9-]+)'", trusted)) | {"S-1-5-18", "S-1-5-32-544"}
+    # SYSTEM, Administrators, CREATOR OWNER, TrustedInstaller; never Users or Authenticated Users.
+    assert not sids & {"S-1-5-32-545", "S-1-5-11", "S-1-1-0"}
+    assert "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464" in sids
+
+
+# --- systemd ------------------------------------------------------------------------------
+
+
+def test_every_unit_key_has_a_known_systemd_version() -> None:
+    """Each key of the units, the timer and the drop-in appears in SYSTEMD_SINCE."""
+    for path in sorted(LINUX.iterdir()):
+        for key, value in unit_keys(path):
+            needs(key, value)
+
+
+def test_main_units_need_nothing_newer_than_systemd_239() -> None:
+    """RHEL 8's systemd 239 knows every key (and value) of the units and the timer, so it
+    logs no "Unknown lvalue" and applies all of them."""
+    for path in sorted(LINUX.glob("trackssl-agent*")):
+        too_new = [
+            f"{key}={value} ({needs(key, value)})"
+            for key, value in unit_keys(path)
+            if needs(key, value) > OLDEST_SYSTEMD
+        ]
+        assert too_new == [], f"{path.name}: {too_new}"
+
+
+def test_newer_hardening_is_in_the_drop_in() -> None:
+    """The keys newer than 239 live in a drop-in for systemd 245+, and only there."""
+    section = parse_unit(DROP_IN)
+    assert list(section) == ["Service"]
+    assert {key: one(section["Service"], key) for key in section["Service"]} == NEWER_HARDENING
+    assert all(OLDEST_SYSTEMD < needs(key, value) <= 245 for key, value in unit_keys(DROP_IN))
+    assert "systemd 245" in DROP_IN.read_text()
+
+
 def test_systemd_units_are_hardened() -> None:
-    """Both services run as a dynamic user with the hardening keys set."""
-    for name in ("trackssl-agent.service", "trackssl-agent-check.service"):
+    """Both services run as the dedicated user with the hardening keys set."""
+    for name in SERVICES:
         service = unit(name)["Service"]
         for key, value in HARDENING.items():
             assert one(service, key) == value, f"{name}: {key}"
         # cffi under cryptography needs writable+executable memory.
         assert "MemoryDenyWriteExecute" not in service
-        assert one(service, "EnvironmentFile") == "/etc/trackssl-agent/environment.txt"
-        assert one(service, "Environment") == "TRACKSSL_STATE_DIR=/var/lib/trackssl-agent"
+        assert "DynamicUser" not in service  # a static user owns the config file
+
+
+def test_systemd_units_let_the_agent_read_its_own_file() -> None:
+    """No EnvironmentFile= (systemd's dialect keeps trailing comments, rejects a BOM): the
+    agent gets --config, and the unit's Environment= sets the state dir, which beats the file."""
+    for name in SERVICES:
+        service = unit(name)["Service"]
+        assert "EnvironmentFile" not in service, name
+        assert one(service, "ExecStart").endswith(f" --config {CONFIG}"), name
+        assert one(service, "Environment") == "TRACKSSL_STATE_DIR=%S/trackssl-agent", name
+
+
+def test_unit_command_reads_the_file_and_keeps_the_state_dir(tmp_path: Path) -> None:
+    """The unit's own command line and Environment=, given a Notepad-style file (BOM, CRLF,
+    comments after values, export) that names another state dir: the agent parses the file
+    and the state dir stays the unit's (process environment beats the file)."""
+    token = "tsk_unit_7Hq2Lm"  # noqa: S105 - a test-only token
+    config = tmp_path / "environment.txt"
+    config.write_bytes(
+        b"\xef\xbb\xbf# written by Notepad\r\n"
+        + f"TRACKSSL_AUTH_TOKEN={token} # from the dashboard\r\n".encode()
+        + b"export TRACKSSL_AGENT_TOKEN='agt_unit'\r\n"
+        + f"TRACKSSL_STATE_DIR={tmp_path / 'elsewhere'}\r\n".encode()
+    )
+    config.chmod(0o600)
+    state_root = tmp_path / "var-lib"  # what %S expands to (/var/lib for system units)
+    service = unit("trackssl-agent.service")["Service"]
+    key, _, value = one(service, "Environment").partition("=")
+    env = {
+        name: val
+        for name, val in os.environ.items()
+        if not name.startswith("TRACKSSL_") and not name.startswith("_TRACKSSL_")
+    }
+    env[key] = value.replace("%S", str(state_root))
+    # The unit's command with `config` (which prints the effective values) in place of `run`.
+    argv = one(service, "ExecStart").split()
+    assert argv[:2] == [EXE, "run"]
+    argv = [sys.executable, "-m", "trackssl_agent", "config", *argv[2:]]
+    argv[argv.index(CONFIG)] = str(config)
+    result = subprocess.run(
+        argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert str(state_root / "trackssl-agent") in rows["TRACKSSL_STATE_DIR"]
+    assert "[$TRACKSSL_STATE_DIR]" in rows["TRACKSSL_STATE_DIR"]
+    assert f"[REDACTED] ({len(token)} characters)" in rows["TRACKSSL_AUTH_TOKEN"]
+    assert "agt_unit" in rows["TRACKSSL_AGENT_TOKEN"]
+    assert token not in result.stdout + result.stderr
 
 
 def test_systemd_run_service_and_check_timer() -> None:
     """run restarts on failure except exit 3; the timer starts check-once every 4 h, catching up."""
     run = unit("trackssl-agent.service")
-    assert one(run["Service"], "ExecStart") == f"{EXE} run"
+    assert one(run["Service"], "ExecStart") == f"{EXE} run --config {CONFIG}"
     assert one(run["Service"], "RestartPreventExitStatus") == "3"
+    # A clean stop takes at most --timeout (10 s) plus a few seconds.
+    assert int(one(run["Service"], "TimeoutStopSec")) >= 30
     assert one(run["Install"], "WantedBy") == "multi-user.target"
     check = unit("trackssl-agent-check.service")
     assert one(check["Service"], "Type") == "oneshot"
-    assert one(check["Service"], "ExecStart") == f"{EXE} check-once"
+    assert one(check["Service"], "ExecStart") == f"{EXE} check-once --config {CONFIG}"
     assert "Install" not in check  # started by the timer only
     timer = unit("trackssl-agent-check.timer")["Timer"]
     assert one(timer, "OnCalendar") == "*-*-* 00/4:00:00"
     assert one(timer, "Persistent") == "true"
+    assert one(timer, "RandomizedDelaySec") == "10min"
     assert one(timer, "Unit") == "trackssl-agent-check.service"
 
 
+def test_readme_creates_the_units_user_and_paths() -> None:
+    """The README creates the user the units run as, and names the units' config path."""
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"useradd --system [^\n]*\b{USER}\n", readme)
+    assert CONFIG in readme
+    assert "/etc/trackssl/" not in readme
+    assert "hardening-systemd245.conf" in readme
+
+
+def stage_units(target: Path, *, with_drop_in: bool) -> list[str]:
+    """Copy the units to ``target`` with an executable that exists; the drop-in optional."""
+    for source in LINUX.glob("trackssl-agent*"):
+        (target / source.name).write_text(source.read_text().replace(EXE, "/bin/true"))
+    if with_drop_in:
+        for name in SERVICES:
+            folder = target / f"{name}.d"
+            folder.mkdir()
+            shutil.copy(DROP_IN, folder / "hardening.conf")
+    return sorted(str(path) for path in target.glob("trackssl-agent*") if path.is_file())
+
+
 def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
-    """systemd itself finds no unknown key or bad value in the three units."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
-    # verify wants the executable and the EnvironmentFile to exist.
-    env_file = tmp_path / "environment.txt"
-    env_file.write_text("TRACKSSL_AGENT_TOKEN=x\n")
-    for source in LINUX.iterdir():
-        body = source.read_text().replace(EXE, "/bin/true")
-        body = body.replace("/etc/trackssl-agent/environment.txt", str(env_file))
-        (tmp_path / source.name).write_text(body)
-    names = sorted(str(tmp_path / s.name) for s in LINUX.iterdir())
+    """systemd itself finds no unknown key or bad value in the three units; on systemd 245+
+    with the newer-hardening drop-in too."""
+    analyze = systemd_analyze()
+    version = systemd_version(analyze)
+    assert version >= OLDEST_SYSTEMD
+    names = stage_units(tmp_path, with_drop_in=version >= 245)
     result = subprocess.run(
         [analyze, "verify", *names], capture_output=True, text=True, timeout=60, check=False
     )
@@ -192,26 +448,210 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     assert result.stderr == "", result.stderr
 
 
+def test_systemd_knows_every_key_the_version_table_says_it_knows(tmp_path: Path) -> None:
+    """Each key of SYSTEMD_SINCE that the local systemd should know, in a unit of its own,
+    verifies without "Unknown": the table has no misspelt key."""
+    analyze = systemd_analyze()
+    version = systemd_version(analyze)
+    service = {
+        key: value
+        for key, value in {**HARDENING, **NEWER_HARDENING}.items()
+        if needs(key, value) <= version
+    }
+    body = "[Unit]\nDescription=t\n[Service]\nExecStart=/bin/true\n"
+    body += "".join(f"{key}={value}\n" for key, value in service.items())
+    (tmp_path / "probe-keys.service").write_text(body)
+    result = subprocess.run(
+        [analyze, "verify", str(tmp_path / "probe-keys.service")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Unknown" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+
+
+# --- launchd ------------------------------------------------------------------------------
+
+
+def plist() -> dict[str, object]:
+    """The parsed launchd plist."""
+    with PLIST.open("rb") as f:
+        loaded: dict[str, object] = plistlib.load(f)
+    return loaded
+
+
 def test_launchd_plist_runs_check_once_every_four_hours() -> None:
     """A valid plist: check-once with a config, six calendar fires a day (kept across sleep)."""
-    with PLIST.open("rb") as f:
-        plist = plistlib.load(f)
-    assert plist["Label"] == "com.trackssl.agent"
-    assert plist["ProgramArguments"][:2] == [EXE, "check-once"]
-    assert plist["ProgramArguments"][2] == "--config"
-    assert "StartInterval" not in plist  # its fires are lost while the Mac sleeps
-    hours = sorted(entry["Hour"] for entry in plist["StartCalendarInterval"])
-    assert hours == [0, 4, 8, 12, 16, 20]
-    assert plist["WorkingDirectory"]
-    assert plist["StandardErrorPath"].endswith(".log")
-    assert plist["EnvironmentVariables"]["TRACKSSL_STATE_DIR"]
+    job = plist()
+    assert job["Label"] == "com.trackssl.agent"
+    arguments = job["ProgramArguments"]
+    assert isinstance(arguments, list)
+    assert arguments[3:7] == [EXE, "check-once", "--config", arguments[6]]
+    assert arguments[6].endswith("/environment.txt")
+    assert "StartInterval" not in job  # its fires are lost while the Mac sleeps
+    calendar = job["StartCalendarInterval"]
+    assert isinstance(calendar, list)
+    assert sorted(entry["Hour"] for entry in calendar) == [0, 4, 8, 12, 16, 20]
+    assert job["WorkingDirectory"]
+    env = job["EnvironmentVariables"]
+    assert isinstance(env, dict) and env["TRACKSSL_STATE_DIR"]
+
+
+def test_launchd_log_does_not_grow_without_end() -> None:
+    """The agent logs to its own rotating file; launchd's stdout/stderr file has a newsyslog
+    entry that rotates it by size."""
+    job = plist()
+    arguments = job["ProgramArguments"]
+    assert isinstance(arguments, list)
+    log_file = arguments[arguments.index("--log-file") + 1]
+    assert log_file.startswith("/Library/Logs/")
+    assert job["StandardOutPath"] == job["StandardErrorPath"]
+    entries = [
+        line.split()
+        for line in NEWSYSLOG.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # logfilename [owner:group] mode count size(KB) when flags
+    [[path, owner, mode, count, size, when, flags]] = entries
+    assert path == job["StandardOutPath"]
+    assert owner == "root:wheel" and re.fullmatch(r"[0-7]{3}", mode)
+    assert 0 < int(count) <= 10 and 0 < int(size) <= 10240 and when == "*"
+    assert "N" in flags  # no process to signal: launchd reopens the file at each run
+
+
+def test_launchd_random_delay_then_exec_with_arguments_intact(tmp_path: Path) -> None:
+    """The plist's shell prefix sleeps a bounded random time, then execs the agent with every
+    argument intact (spaces in "Application Support" included)."""
+    arguments = plist()["ProgramArguments"]
+    assert isinstance(arguments, list)
+    shell, flag, script = arguments[:3]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    match = re.search(r"% (\d+) \)\)", script)
+    assert match and 0 < int(match.group(1)) <= 600  # at most 10 minutes, like the timer
+    if not Path("/bin/sh").exists():
+        pytest.skip("no /bin/sh")
+    # The same script with the wait cut to under a second, running a recorder as the agent.
+    recorder = tmp_path / "argv.txt"
+    fast = script.replace(f"% {match.group(1)} ))", "% 1 ))")
+    result = subprocess.run(
+        [shell, flag, fast, sys.executable, "-c",
+         "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text('\\n'.join(sys.argv[2:]))",
+         str(recorder), *arguments[4:]],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert recorder.read_text().split("\n") == arguments[4:]
+
+
+# --- Docker -------------------------------------------------------------------------------
+
+
+def dockerfile() -> list[str]:
+    """The Dockerfile's instructions (continuation lines joined, comments dropped)."""
+    instructions: list[str] = []
+    pending = ""
+    for raw in (DOCKER / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending = f"{pending} {line}".strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        instructions.append(pending)
+        pending = ""
+    assert pending == "", "a continuation line runs off the end"
+    return instructions
 
 
 def test_dockerfile_runs_the_daemon_as_non_root() -> None:
     """The image runs ``trackssl-agent run`` as an unprivileged user with a state volume."""
-    lines = (BUILD / "docker" / "Dockerfile").read_text().splitlines()
-    instructions = [line for line in lines if line and not line.startswith(("#", " "))]
+    instructions = dockerfile()
     assert 'ENTRYPOINT ["trackssl-agent"]' in instructions
     assert 'CMD ["run"]' in instructions
     assert "USER 10001" in instructions
     assert any(line.startswith("VOLUME") for line in instructions)
+    assert "STOPSIGNAL SIGTERM" in instructions
+
+
+def test_dockerfile_base_image_is_pinned_by_digest() -> None:
+    """Every FROM resolves to python:3.12-slim pinned by a sha256 digest."""
+    instructions = dockerfile()
+    [arg] = [line for line in instructions if line.startswith("ARG PYTHON_IMAGE=")]
+    image = arg.split("=", 1)[1]
+    assert re.fullmatch(r"python:3\.12-slim@sha256:[0-9a-f]{64}", image), image
+    froms = [line.split()[1] for line in instructions if line.startswith("FROM ")]
+    assert froms and all(name == "${PYTHON_IMAGE}" for name in froms), froms
+
+
+def test_container_stop_grace_and_restart_policy() -> None:
+    """The documented docker run and the compose file give the agent longer than a probe's
+    timeout to stop, and a restart policy that gives up (exit 3 would otherwise loop)."""
+    header = (DOCKER / "Dockerfile").read_text()
+    assert "--restart on-failure:5 --stop-timeout 30" in header
+    compose = (DOCKER / "compose.yaml").read_text()
+    settings = dict(
+        line.strip().split(": ", 1)
+        for line in compose.splitlines()
+        if re.match(r"^    [a-z_]+: \S", line)
+    )
+    assert settings["restart"] == "on-failure:5"
+    grace = re.fullmatch(r"(\d+)s", settings["stop_grace_period"])
+    assert grace and int(grace.group(1)) >= 10 + 15
+    assert settings["stop_signal"] == "SIGTERM"
+    readme = (ROOT / "README.md").read_text()
+    assert "--restart unless-stopped" not in readme
+    assert "--stop-timeout 30" in readme
+
+
+# --- Windows version resource ---------------------------------------------------------------
+
+
+def test_windows_version_resource_carries_the_package_version(tmp_path: Path) -> None:
+    """The generated version file is one Python expression carrying __version__ in its numbers
+    and strings; where PyInstaller's reader imports (it needs pefile), it loads the file too."""
+    generator = load_module(BUILD / "windows" / "version_info.py")
+    path = Path(generator.write(tmp_path / "version-info.txt"))
+    numbers = (*(int(part) for part in __version__.split(".")[:3]), 0)
+    tree = ast.parse(path.read_text(encoding="utf-8"), mode="eval")
+    strings: dict[object, object] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "StringStruct":
+            name, value = node.args
+            assert isinstance(name, ast.Constant) and isinstance(value, ast.Constant)
+            strings[name.value] = value.value
+    assert strings["ProductVersion"] == strings["FileVersion"] == __version__
+    assert strings["OriginalFilename"] == "trackssl-agent.exe"
+    assert f"filevers={numbers}," in path.read_text()
+    assert generator.numbers("2.10.3rc1+local") == (2, 10, 3, 0)
+    try:
+        from PyInstaller.utils.win32 import versioninfo  # noqa: PLC0415
+    except ImportError:  # pefile is installed with PyInstaller on Windows only
+        return
+    info = versioninfo.load_version_info_from_text_file(str(path))
+    assert (info.ffi.fileVersionMS >> 16, info.ffi.fileVersionMS & 0xFFFF) == numbers[:2]
+    assert (info.ffi.fileVersionLS >> 16, info.ffi.fileVersionLS & 0xFFFF) == numbers[2:]
+    loaded = {s.name: s.val for s in info.kids[0].kids[0].kids}
+    assert loaded["ProductVersion"] == __version__
+
+
+def test_spec_adds_the_version_resource_on_windows_only() -> None:
+    """pyinstaller.spec generates the version file under sys.platform == "win32" and hands it
+    to both executables."""
+    spec = (ROOT / "pyinstaller.spec").read_text()
+    block = spec.split('if sys.platform == "win32":\n', 1)[1].split("\ncommon = dict(", 1)[0]
+    assert "version_info.write(" in block
+    assert "version=version_file," in spec.split("common = dict(", 1)[1].split("\n)", 1)[0]
+
+
+# --- links ----------------------------------------------------------------------------------
+
+
+def test_no_reference_to_missing_docs() -> None:
+    """No shipped file points at docs/platforms.md (there is no docs/ folder)."""
+    shipped = [*BUILD.rglob("*"), *(ROOT / "scripts").glob("*.ps1"), ROOT / "README.md"]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in shipped
+        if path.is_file() and path.suffix != ".pyc" and "docs/platforms.md" in path.read_text()
+    ]
+    assert offenders == []
