@@ -199,3 +199,32 @@ def test_dry_run_posts_nothing(api_server: ApiServer, good: list[TcpServer]) -> 
     assert api_server.posts() == []
     assert report.retrieved == 1
     assert [r.ok for r in report.results] == [True]
+
+
+def test_without_a_usable_state_dir_results_are_posted_directly(
+    api_server: ApiServer, good: list[TcpServer]
+) -> None:
+    """An outbox that stores nothing (the state dir failed): results are still posted,
+    the cycle exits 1 (durability lost) and says why; when posts fail too, what was
+    neither delivered nor stored is counted as not stored, not as queued."""
+    api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
+    line = "/x cannot be used: the file system is read-only; ..."
+    with client(api_server) as c:
+        report = run_cycle(
+            client=c, outbox=Outbox.in_memory(line), settings=ProbeSettings(timeout=2),
+            concurrency=8, stop=threading.Event(),
+        )  # fmt: skip
+    assert sorted(api_server.posted_ids()) == [1, 2]
+    assert (report.delivered, report.queued, report.unsaved) == (2, 0, 0)
+    assert report.state_problem == line
+    assert report.exit_code is ExitCode.WARNING
+
+    api_server.fail("certificate", SERVER_ERROR)
+    with client(api_server) as c:
+        report = run_cycle(
+            client=c, outbox=Outbox.in_memory(line), settings=ProbeSettings(timeout=2),
+            concurrency=8, stop=threading.Event(),
+        )  # fmt: skip
+    assert (report.delivered, report.queued, report.unsaved) == (0, 0, 2)
+    assert "not stored 2" in report.summary()
+    assert report.exit_code is ExitCode.WARNING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -12,7 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from trackssl_agent import outbox
 from trackssl_agent.errors import LockError
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import Outbox, Record, write_atomic
@@ -153,7 +157,10 @@ def test_survives_sigkill_mid_write(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     for path in segments(tmp_path):
-        json.loads(path.read_bytes())  # whole, or it would not be named seg-*.json
+        data = path.read_bytes()  # whole, or it would not be named seg-*.json
+        assert data.endswith(b"\n")
+        for line in data.splitlines():
+            json.loads(line)
     pending = Outbox.open(tmp_path).pending()
     assert len(pending) >= written
 
@@ -198,3 +205,217 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
         assert lock.path.read_text().strip() == str(os.getpid())
     with StateLock(tmp_path):
         pass  # released, and taken again
+
+
+# -- hostile and damaged content (issue 9, part 4) -----------------------------------------
+
+
+def line(value: object) -> bytes:
+    """One stored line."""
+    return json.dumps(value).encode() + b"\n"
+
+
+def stored(domain_id: int, tag: str = "a") -> bytes:
+    """A record line as the outbox writes it."""
+    return line(record(domain_id, tag).to_json())
+
+
+def load_quietly(directory: Path) -> Outbox:
+    """Open the outbox, asserting that loading itself raised nothing."""
+    return Outbox.open(directory)
+
+
+def test_nested_json_segment_is_moved_aside_and_loading_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: ``[`` x 100,000 in a segment was an internal RecursionError on every
+    cycle; now it is set aside with one warning and the other segments load."""
+    logging.getLogger("trackssl_agent").propagate = True
+    (tmp_path / "seg-000000000001.json").write_bytes(stored(1))
+    (tmp_path / "seg-000000000002.json").write_bytes(b"[" * 100_000)
+    with caplog.at_level(logging.WARNING, logger="trackssl_agent"):
+        box = load_quietly(tmp_path)
+    assert [r.domain_id for r in box.pending()] == [1]
+    assert (tmp_path / "seg-000000000002.json.corrupt").exists()
+    assert not (tmp_path / "seg-000000000002.json").exists()
+    warnings = [r for r in caplog.records if "seg-000000000002.json" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "nested too deeply" in warnings[0].getMessage()
+
+
+def test_one_bad_record_costs_only_itself(tmp_path: Path) -> None:
+    """Regression: one bad record set its whole segment aside, good records with it. Now
+    the readable records are rewritten to a new segment first, then the file moves aside."""
+    segment = tmp_path / "seg-000000000003.json"
+    segment.write_bytes(
+        line({"version": 2}) + stored(1) + b"[[[{not json\n" + stored(2) + line({"domain_id": "x"})
+    )
+    box = load_quietly(tmp_path)
+    assert [r.domain_id for r in box.pending()] == [1, 2]
+    assert (tmp_path / "seg-000000000003.json.corrupt").read_bytes().count(b"\n") == 5
+    assert [r.domain_id for r in Outbox.open(tmp_path).pending()] == [1, 2]  # durable
+    assert len(list(tmp_path.glob("*.corrupt"))) == 1  # said and moved once, not again
+
+
+def test_segment_number_past_12_digits_is_reloaded(tmp_path: Path) -> None:
+    """Regression: ``seg-<13 digits>.json`` was never reloaded; it is, in number order,
+    and the next segment is numbered after it."""
+    (tmp_path / "seg-000000000002.json").write_bytes(stored(5, "older"))
+    (tmp_path / "seg-1000000000000.json").write_bytes(stored(5, "newer") + stored(6))
+    box = load_quietly(tmp_path)
+    assert {r.domain_id: r.payload["domain"]["tag"] for r in box.pending()} == {
+        5: "newer",
+        6: "a",
+    }
+    box.add([record(7)])
+    assert (tmp_path / "seg-1000000000001.json").exists()
+
+
+def test_version_1_segments_are_still_read_record_by_record(tmp_path: Path) -> None:
+    """Segments of the previous format (one JSON document) load; a bad record in one costs
+    only itself."""
+    document = {
+        "version": 1,
+        "records": [record(1).to_json(), {"domain_id": True, "payload": {}}, record(2).to_json()],
+    }
+    (tmp_path / "seg-000000000001.json").write_text(json.dumps(document, separators=(",", ":")))
+    box = load_quietly(tmp_path)
+    assert [r.domain_id for r in box.pending()] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"domain_id": "1", "payload": {}},
+        {"domain_id": True, "payload": {}},
+        {"domain_id": -1, "payload": {}},
+        {"domain_id": 2**64, "payload": {}},
+        {"domain_id": 1.5, "payload": {}},
+        {"domain_id": 1, "payload": []},
+        {"domain_id": 1},
+        [1, 2],
+        "text",
+        None,
+        {"version": 1, "records": "nope"},
+    ],
+)
+def test_wrong_types_are_unreadable_records(tmp_path: Path, value: object) -> None:
+    """A record of the wrong shape is skipped; a good one beside it loads."""
+    (tmp_path / "seg-000000000001.json").write_bytes(line(value) + stored(9))
+    assert [r.domain_id for r in load_quietly(tmp_path).pending()] == [9]
+
+
+def test_overlong_record_line_is_skipped_unread(tmp_path: Path) -> None:
+    """A line past MAX_RECORD_BYTES is skipped without being parsed; the next one loads."""
+    huge = b'{"domain_id": 1, "payload": {"x": "' + b"y" * (outbox.MAX_RECORD_BYTES + 10) + b'"}}\n'
+    (tmp_path / "seg-000000000001.json").write_bytes(huge + stored(2))
+    assert [r.domain_id for r in load_quietly(tmp_path).pending()] == [2]
+
+
+def test_load_reads_a_bounded_amount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_LOAD_BYTES the remaining segments are left on disk for a later load, and
+    load once the earlier ones are delivered."""
+    monkeypatch.setattr(outbox, "MAX_LOAD_BYTES", 600)
+    for n in range(1, 6):
+        (tmp_path / f"seg-{n:012d}.json").write_bytes(stored(n, "z" * 100))
+    box = load_quietly(tmp_path)
+    first = box.pending()
+    assert 1 <= len(first) < 5
+    for item in first:
+        box.done(item)
+    box.close()
+    rest = Outbox.open(tmp_path).pending()
+    assert [r.domain_id for r in rest] == list(range(len(first) + 1, 6))[: len(rest)]
+    assert rest
+
+
+def test_huge_first_segment_is_read_up_to_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single segment larger than the whole budget: its first records load, the file
+    moves aside, and nothing past the budget is read."""
+    monkeypatch.setattr(outbox, "MAX_LOAD_BYTES", 1000)
+    data = b"".join(stored(n) for n in range(1, 200))
+    (tmp_path / "seg-000000000001.json").write_bytes(data)
+    box = load_quietly(tmp_path)
+    assert 1 <= len(box) < 199
+    assert (tmp_path / "seg-000000000001.json.corrupt").read_bytes() == data
+
+
+def test_planted_files_in_the_outbox_are_left_alone(tmp_path: Path) -> None:
+    """A FIFO, a symlink or a directory under a segment's (or a temporary's) name is neither
+    opened blocking, followed, renamed nor deleted."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(stored(1))
+    box_dir = tmp_path / "outbox"
+    box_dir.mkdir(mode=0o700)
+    os.mkfifo(box_dir / "seg-000000000001.json")
+    (box_dir / "seg-000000000002.json").symlink_to(victim)
+    (box_dir / ".seg-000000000003.json.tmp").symlink_to(victim)
+    (box_dir / "seg-000000000004.json").mkdir()
+    (box_dir / "seg-000000000005.json").write_bytes(stored(5))
+    names = sorted(p.name for p in box_dir.iterdir())
+    box = load_quietly(box_dir)
+    assert [r.domain_id for r in box.pending()] == [5]
+    box.add([record(6)])
+    box.close()
+    assert victim.read_bytes() == stored(1)
+    assert set(names) - {"seg-000000000005.json"} <= {p.name for p in box_dir.iterdir()}
+
+
+_GOOD = st.builds(record, st.integers(0, 2**40), st.text(max_size=20))
+_JUNK_LINE = st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" "))
+_HOSTILE_LINE = st.one_of(
+    _JUNK_LINE,
+    st.integers(1, 3000).map(lambda n: b"[" * n),
+    st.integers(1, 3000).map(lambda n: b'{"a":' * n),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=20,
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(
+    max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    junk=st.lists(_HOSTILE_LINE, max_size=8),
+    good=st.lists(_GOOD, max_size=5, unique_by=lambda r: r.domain_id),
+    raw=st.binary(max_size=2000),
+)
+def test_fuzz_hostile_segments_never_raise_and_keep_good_records(
+    tmp_path_factory: pytest.TempPathFactory,
+    junk: list[bytes],
+    good: list[Record],
+    raw: bytes,
+) -> None:
+    """Any bytes in any segment: loading never raises, and every well-formed record line
+    interleaved with hostile lines is recovered (and stays recovered after a reload)."""
+    directory = tmp_path_factory.mktemp("fuzz")
+    lines = [line(r.to_json()) for r in good]
+    mixed = [*(j + b"\n" for j in junk)]
+    for index, encoded in enumerate(lines):
+        mixed.insert(min(index * 2, len(mixed)), encoded)
+    (directory / "seg-000000000001.json").write_bytes(raw)
+    (directory / "seg-000000000002.json").write_bytes(b"".join(mixed))
+    box = Outbox.open(directory)
+    got = {r.domain_id: r.payload for r in box.pending()}
+    for item in good:
+        assert got[item.domain_id] == item.payload
+    box.close()
+    again = {r.domain_id for r in Outbox.open(directory).pending()}
+    assert {r.domain_id for r in good} <= again
+
+
+@settings(max_examples=200, deadline=1000)
+@given(data=st.binary(max_size=4000), budget=st.integers(1, 5000))
+def test_fuzz_parse_segment_stays_within_its_budget(data: bytes, budget: int) -> None:
+    """parse_segment never raises and never reads past its budget."""
+    stream = io.BufferedReader(io.BytesIO(data))
+    loaded = outbox.parse_segment(stream, budget=budget)
+    assert loaded.size <= budget
+    assert len(loaded.records) <= outbox.DEFAULT_LIMIT

@@ -25,6 +25,7 @@ from trackssl_agent import __version__
 from trackssl_agent.cli import cli
 from trackssl_agent.errors import ConfigError
 from trackssl_agent.scheduler import TIME_SCALE_VAR
+from trackssl_agent.signals import SECOND_AFTER
 
 AGENT = [sys.executable, "-m", "trackssl_agent"]
 
@@ -216,13 +217,15 @@ def test_sigterm_mid_cycle_exits_0_in_time_and_check_once_delivers_the_rest(
 def test_second_signal_exits_at_once(
     start: Callable[..., Agent], api_server: ApiServer, state_dir: Path, silent: Any
 ) -> None:
-    """A second SIGTERM while probes hang with a 60 s deadline exits at once with
-    128 + SIGTERM; the outbox is write-ahead, so nothing is lost by not waiting."""
+    """A second SIGTERM (sent past the window in which copies count as one request) while
+    probes hang with a 60 s deadline exits at once with 128 + SIGTERM; the outbox is
+    write-ahead, so nothing is lost by not waiting."""
     api_server.domains = domain_entries({1: silent.port})
     agent = start(api_server, state_dir, "--timeout", "60", "--interval", "1h")
     agent.wait_for(lambda: len(silent.connections) == 1)
     agent.proc.send_signal(signal.SIGTERM)
     agent.wait_for(lambda: agent.events("stop"))
+    time.sleep(SECOND_AFTER + 0.2)
     began = time.monotonic()
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(10) == 128 + signal.SIGTERM
@@ -298,3 +301,37 @@ def test_run_without_tokens_exits_3_naming_them(tmp_path: Path) -> None:
     )
     assert done.returncode == 3
     assert "TRACKSSL_AUTH_TOKEN" in done.stderr
+
+
+def test_state_dir_unusable_each_cycle_posts_directly_and_says_so(
+    start: Callable[..., Agent], api_server: ApiServer, tmp_path: Path, tls_target: Any
+) -> None:
+    """A regular file in place of the state dir: run starts anyway (no lock), each cycle
+    probes and posts directly and says so in one line naming the path and the fix; no
+    internal error; SIGTERM exits 0 as usual."""
+    state = tmp_path / "not-a-dir"
+    state.write_text("x")
+    api_server.domains = domain_entries({1: tls_target.port})
+    agent = start(api_server, state, "--interval", "1m", scale=30)
+    agent.wait_for(lambda: len(agent.events("cycle")) >= 2, timeout=30)
+    assert api_server.posted_ids()[:2] == [1, 1]
+    records = agent.records()
+    said = [r for r in records if r.get("event") == "state_dir_unusable"]
+    cycles = [r for r in records if r.get("event") == "cycle"]
+    assert len(cycles) <= len(said) <= len(cycles) + 1  # one line per cycle (one may be running)
+    assert all(str(state) in r["message"] and "TRACKSSL_STATE_DIR" in r["message"] for r in said)
+    assert "without the lock" in said[0]["message"]
+    assert "internal error" not in agent.output()
+    assert "cycle_error" not in {r.get("event") for r in records}
+    assert agent.stop(timeout=10)[0] == 0
+
+
+def test_group_writable_state_dir_is_refused_at_start(
+    start: Callable[..., Agent], api_server: ApiServer, state_dir: Path
+) -> None:
+    """run refuses a state dir writable by group or others: exit 3 before any request."""
+    state_dir.chmod(0o777)
+    agent = start(api_server, state_dir, "--interval", "1h")
+    assert agent.proc.wait(20) == 3
+    assert f"chmod go-w {state_dir}" in agent.stderr.read_text()
+    assert api_server.requests == []

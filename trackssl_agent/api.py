@@ -17,7 +17,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -625,14 +625,6 @@ class Skipped:
         if more <= 0:
             return list(self.first)
         return [*self.first, f"{more} more domain list entries skipped ({self.count} in all)"]
-
-    # The cycle still treats this as the former list of warnings: it logs each item and
-    # counts ``len``. Iteration gives ``lines()``; ``len`` is the number of entries skipped.
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.lines())
-
-    def __len__(self) -> int:
-        return self.count
 
 
 def parse_domains(document: Any) -> tuple[list[Domain], Skipped]:

@@ -1,10 +1,12 @@
 """One cycle: fetch the domain list, probe all concurrently, post each result as it
 completes through the outbox, and summarise. Also the pieces ``check-once`` and ``run``
-share: API settings from a Config, and one cycle run under the state-dir lock.
+share: API settings from a Config, and the state dir (lock and outbox) that a cycle runs
+with, or without when it cannot be used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
@@ -13,16 +15,19 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
 
 from trackssl_agent import api, log
 from trackssl_agent.api import ApiClient, ApiSettings, AuthError, Domain, RejectedError
 from trackssl_agent.config import Config
-from trackssl_agent.errors import ApiError
+from trackssl_agent.errors import ApiError, StateDirError
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import Outbox, Record
 from trackssl_agent.probe import ProbeSettings, probe_many
 from trackssl_agent.report import ExitCode
 from trackssl_agent.results import ProbeResult, utc_iso
+from trackssl_agent.statedir import Folder, explain, open_folder
 from trackssl_agent.targets import Target
 
 logger = log.get_logger(__name__)
@@ -59,6 +64,10 @@ class CycleReport:
     exit_code: ExitCode
     problem: str | None = None
     """Why delivery stopped early (API down, auth rejected), if it did."""
+    state_problem: str | None = None
+    """Why results were not stored in the state dir this cycle (said once in the log)."""
+    unsaved: int = 0
+    """Results neither delivered nor stored (the state dir failed): probed again next cycle."""
     results: tuple[ProbeResult, ...] = field(default=(), repr=False)
     """The results in domain-list order, when asked to keep them."""
 
@@ -73,6 +82,8 @@ class CycleReport:
             f"delivered {self.delivered}",
             f"queued {self.queued}",
         ]
+        if self.unsaved:
+            parts.append(f"not stored {self.unsaved}")
         if self.rejected:
             parts.append(f"rejected {self.rejected}")
         if self.skipped:
@@ -290,8 +301,8 @@ def run_cycle(
     probe or post starts; what is undelivered stays in the outbox.
     """
     started = clock()
-    domains, warnings = client.fetch_domains()
-    for warning in warnings:
+    domains, skipped = client.fetch_domains()
+    for warning in skipped.lines():
         logger.warning("%s", warning)
     logger.info("the domain list names %d domains", len(domains))
     backlog = outbox.pending() if outbox is not None else []
@@ -339,17 +350,18 @@ def run_cycle(
             delivery.finish()
         if outbox is not None:
             outbox.close()
-    queued = len(outbox) if outbox is not None else 0
+    unsaved = outbox.unsaved() if outbox is not None else 0
+    queued = len(outbox) - unsaved if outbox is not None else 0
+    state_problem = outbox.problem if outbox is not None else None
     problem = str(delivery.failure) if delivery is not None and delivery.failure else None
     if delivery is not None and isinstance(delivery.failure, AuthError):
         code = ExitCode.CRITICAL
-    elif queued or (delivery is not None and delivery.rejected):
-        code = ExitCode.WARNING
-    else:
-        code = ExitCode.OK
+    else:  # state_problem: durability was lost, whether or not all was delivered
+        waits = queued or unsaved or state_problem or (delivery and delivery.rejected)
+        code = ExitCode.WARNING if waits else ExitCode.OK
     report = CycleReport(
         domains=len(domains),
-        skipped=len(warnings),
+        skipped=skipped.count,
         retrieved=retrieved,
         failed=dict(failed),
         delivered=delivery.delivered if delivery is not None else 0,
@@ -359,6 +371,8 @@ def run_cycle(
         elapsed_s=clock() - started,
         exit_code=code,
         problem=problem,
+        state_problem=state_problem,
+        unsaved=unsaved,
         results=tuple(r for r in kept if r is not None),
     )
     return report
@@ -370,6 +384,105 @@ def _record(domain: Domain, result: ProbeResult) -> Record:
         api.payload(domain, result),
         utc_iso(datetime.now(UTC)),
     )
+
+
+OUTBOX_NAME = "outbox"
+
+
+class StateDir:
+    """The state dir of one agent process: its lock, held throughout, and a fresh outbox
+    for each cycle (SPEC section 5).
+
+    Entering refuses a state dir someone else could plant files in (StateDirError) and one
+    whose lock a live agent holds (LockError), both exit 3. When the dir cannot be used
+    (read-only, not writable by this user, not a directory, full), monitoring goes on
+    without it: ``outbox()`` then keeps results in memory, so the cycle posts directly, says
+    once in one line which path failed, why, and the fix, and exits 1.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._folder: Folder | None = None
+        self._outbox_folder: Folder | None = None
+        self._lock: StateLock | None = None
+        self._trouble: tuple[Path, OSError] | None = None
+        """What kept the lock from being taken, until it is said."""
+
+    def __enter__(self) -> StateDir:
+        try:
+            self._folder = open_folder(self.path)
+        except OSError as exc:
+            self._trouble = (self.path, exc)
+            return self
+        try:
+            lock = StateLock(self.path, folder=self._folder)
+            try:
+                lock.acquire()
+            except OSError as exc:
+                self._trouble = (lock.path, exc)
+            else:
+                self._lock = lock
+            # A planted outbox is refused now, at start, before anything is contacted.
+            with contextlib.suppress(OSError):
+                self._outbox_folder = self._folder.child(OUTBOX_NAME)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for folder in (self._outbox_folder, self._folder):
+            if folder is not None:
+                folder.close()
+        self._outbox_folder = self._folder = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def outbox(self) -> Outbox:
+        """This cycle's outbox, which ``run_cycle`` closes; one that stores nothing when the
+        state dir cannot be used (the reason logged here, once)."""
+        folder, self._outbox_folder = self._outbox_folder, None
+        where = self.path
+        try:
+            if folder is None:
+                if self._folder is None:
+                    self._folder = open_folder(self.path)  # it may work again (run)
+                where = self.path / OUTBOX_NAME
+                folder = self._folder.child(OUTBOX_NAME)
+            where = folder.path
+            box = Outbox.load(folder)
+        except (OSError, StateDirError) as exc:  # StateDirError: planted since the start
+            return self._direct(where, exc)
+        if self._trouble is not None:
+            path, error = self._trouble
+            why, fix = explain(error)
+            self._say(
+                f"{path} cannot be used: {why}; running without the lock, so a second agent "
+                f"on this state dir would not be refused: {fix}"
+            )
+        return box
+
+    def _direct(self, where: Path, exc: OSError | StateDirError) -> Outbox:
+        doing = "this cycle posts directly"
+        if self._lock is None:
+            doing = "this cycle runs without the lock and posts directly"
+        if isinstance(exc, StateDirError):
+            line = f"{exc}; {doing}, keeping nothing on disk"
+        else:
+            why, fix = explain(exc)
+            line = f"{where} cannot be used: {why}; {doing}, keeping nothing on disk: {fix}"
+        self._say(line)
+        return Outbox.in_memory(line)
+
+    def _say(self, line: str) -> None:
+        self._trouble = None
+        logger.warning("%s", line, extra={"fields": {"event": "state_dir_unusable"}})
 
 
 def run_once(
@@ -395,10 +508,9 @@ def run_once(
                 stop=stop, progress=progress, keep_results=keep_results,
             )  # fmt: skip
         else:
-            with StateLock(config.state_dir):
-                outbox = Outbox.open(config.state_dir / "outbox")
+            with StateDir(config.state_dir) as state:
                 report = run_cycle(
-                    client=client, outbox=outbox, settings=settings,
+                    client=client, outbox=state.outbox(), settings=settings,
                     concurrency=config.concurrency, stop=stop, progress=progress,
                     keep_results=keep_results,
                 )  # fmt: skip

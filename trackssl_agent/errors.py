@@ -31,3 +31,9 @@ class ApiError(AgentError):
     """The cycle failed: the TrackSSL API could not be reached or rejected the tokens."""
 
     exit_code = 2
+
+
+class StateDirError(ConfigError):
+    """The state dir is not safe: another user could plant files there for the agent."""
+
+    exit_code = 3
