@@ -92,3 +92,28 @@ def bad_not_after(der: bytes) -> bytes:
 def garbage() -> bytes:
     """Not a certificate at all."""
     return encode(0x30, b"\x01\x02\x03")
+
+
+def invalid_utf8_subject(der: bytes) -> bytes:
+    """The certificate with a subject CN whose UTF8String is not UTF-8 (OpenSSL rejects it
+    while decoding the Certificate message: ``ASN1 lib``)."""
+
+    def edit(fields: list[Item]) -> list[Item]:
+        common_name = encode(0x06, bytes([0x55, 0x04, 0x03])) + encode(0x0C, b"bad \xff\xfe name")
+        fields[5] = (0x30, encode(0x31, encode(0x30, common_name)))
+        return fields
+
+    return edit_tbs(der, edit)
+
+
+def control_characters_subject(der: bytes) -> bytes:
+    """The certificate with a subject CN holding CR, LF and an ESC sequence (valid UTF-8, so
+    every parser accepts it, and a terminal would act on it)."""
+
+    def edit(fields: list[Item]) -> list[Item]:
+        value = b"evil\r\n\x1b[31mred\x1b[0m"
+        common_name = encode(0x06, bytes([0x55, 0x04, 0x03])) + encode(0x0C, value)
+        fields[5] = (0x30, encode(0x31, encode(0x30, common_name)))
+        return fields
+
+    return edit_tbs(der, edit)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trackssl_agent import protocols
@@ -160,3 +160,39 @@ def test_parser_never_crashes(text: str) -> None:
         return
     assert 1 <= target.port <= 65535
     assert target.host
+
+
+_pieces = st.sampled_from(
+    ["https://", "smtp://", "ldap://", "xmpp-server://", "[", "]", ":", "::", "::1", "127.0.0.1",
+     "0", "65535", "65536", "99999999999999999999", ".", "-", "_", "a", "é", "ß", "\u200d",
+     "\u0085", "\u2028", "\x1b", "\x9b", "\u202e", "\u00ad", "%", "/", "?", "@", "#", "xn--",
+     "xn--zz", "\u0661", "\uff0e", "\u3002", "a" * 64, "fe80::1%eth0", "\ufeff", "\x00", "*"]
+)  # fmt: skip
+_hostile_text = st.one_of(st.text(max_size=60), st.lists(_pieces, max_size=25).map("".join))
+
+
+@settings(max_examples=400, deadline=1000)
+@given(text=_hostile_text, option=st.sampled_from(["auto", "none", "smtp", "ldap", "mssql"]))
+def test_hostile_text_parses_to_a_printable_target_or_one_line_error(
+    text: str, option: str
+) -> None:
+    """Any text gives a Target whose text and host are printable (no control, format or
+    invisible characters) and whose SNI name can be computed, or a one-line UsageError."""
+    try:
+        target = parse_target(text, starttls=option)
+    except UsageError as exc:
+        assert str(exc).isprintable()
+        return
+    assert 1 <= target.port <= 65535
+    assert target.text.isprintable()
+    assert target.host
+    assert target.host.isprintable()
+    assert target.sni_name is None or target.sni_name.isascii()
+
+
+@pytest.mark.parametrize("text", ["0\ufeff", "intra\u00adnet.corp", "a\u200bb.corp:443"])
+def test_invisible_characters_are_rejected(text: str) -> None:
+    """Regression (first fuzzing finding): a target with an invisible character IDNA drops
+    (BOM, soft hyphen, zero-width space) was accepted and contacted as another name."""
+    with pytest.raises(UsageError, match="invisible characters"):
+        parse_target(text)

@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 # Non-conforming serials are reported through our own warning instead (see summarize).
 pywarnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+# A server's out-of-range name lengths would print a Python warning to stderr; the name is
+# still shown, and stderr is no place for text about one certificate.
+pywarnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
 
 _CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
@@ -118,8 +121,9 @@ def summarize(der: bytes) -> CertSummary:
             warnings=tuple(warnings),
         )  # fmt: skip
     return CertSummary(
-        subject=_field("subject", cert.subject.rfc4514_string, warnings),
-        issuer=_field("issuer", cert.issuer.rfc4514_string, warnings),
+        # The lambdas are needed: names decode on first access, which must be inside _field.
+        subject=_field("subject", lambda: cert.subject.rfc4514_string(), warnings),  # noqa: PLW0108
+        issuer=_field("issuer", lambda: cert.issuer.rfc4514_string(), warnings),  # noqa: PLW0108
         serial=_field("serial", lambda: format(cert.serial_number, "x"), warnings),
         sha256=digest,
         not_before=_field("not_before", lambda: _utc(cert.not_valid_before_utc), warnings),

@@ -1,4 +1,8 @@
-"""Rendering results: the JSON of SPEC section 4, the human summary, and PEM."""
+"""Rendering results: the JSON of SPEC section 4, the human summary, and PEM.
+
+The human summary shows text from outside (certificate names and SANs, server words in
+errors) only through ``log.printable``: a CR, LF or ESC there must not rewrite the screen.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from trackssl_agent import certificates
+from trackssl_agent.log import printable
 from trackssl_agent.results import CertSummary, ProbeResult, utc_iso
 
 
@@ -74,7 +79,7 @@ def render_pem(result: ProbeResult) -> str:
 
 def _chain_line(der: bytes) -> str:
     summary = certificates.summarize(der)
-    return f"{summary.subject or '?'}  (issued by {summary.issuer or '?'})"
+    return printable(f"{summary.subject or '?'}  (issued by {summary.issuer or '?'})")
 
 
 def render_text(result: ProbeResult, now: datetime) -> str:
@@ -82,7 +87,9 @@ def render_text(result: ProbeResult, now: datetime) -> str:
     target = result.target
     if not result.ok:
         assert result.error is not None
-        return f"{target.text}  FAILED  {result.error}  ({result.elapsed_ms:.0f} ms)\n"
+        return (
+            printable(f"{target.text}  FAILED  {result.error}  ({result.elapsed_ms:.0f} ms)") + "\n"
+        )
     summary = summary_of(result)
     assert summary is not None
     via = f"STARTTLS {target.starttls.value}, " if target.starttls else ""
@@ -97,9 +104,9 @@ def render_text(result: ProbeResult, now: datetime) -> str:
         f"{target.text}  OK  ({result.elapsed_ms:.0f} ms)",
         f"  address     {result.address} ({sni})",
         f"  protocol    {via}{result.tls_version or '?'} {result.cipher or ''}".rstrip(),
-        f"  subject     {summary.subject}",
-        f"  SANs        {', '.join(summary.sans) if summary.sans else '-'}",
-        f"  issuer      {summary.issuer}",
+        f"  subject     {printable(str(summary.subject))}",
+        f"  SANs        {printable(', '.join(summary.sans)) if summary.sans else '-'}",
+        f"  issuer      {printable(str(summary.issuer))}",
         f"  valid       {iso(summary.not_before)} -> {iso(summary.not_after)} ({left})",
         f"  key         {summary.key}, {summary.signature_algorithm}"
         + (", self-signed" if summary.self_signed else ""),
@@ -111,5 +118,5 @@ def render_text(result: ProbeResult, now: datetime) -> str:
         lines.append(f"  {label:<10}  {index}. {_chain_line(der)}")
     warning = warning_text(result, summary)
     if warning:
-        lines.append(f"  warning     {warning}")
+        lines.append(f"  warning     {printable(warning)}")
     return "\n".join(lines) + "\n"

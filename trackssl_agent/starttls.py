@@ -26,16 +26,16 @@ MAX_REPLY = 64 * 1024
 """A multi-line reply longer than this is not a real server's; it would only eat memory."""
 
 
-def _too_long(lines: list[bytes]) -> None:
-    if sum(map(len, lines)) > MAX_REPLY:
-        raise DialogueError(f"the server's reply never ends: {printable(lines[0])!r}...")
+def _never_ends(first: bytes) -> DialogueError:
+    return DialogueError(f"the server's reply never ends: {printable(first)!r}...")
 
 
 def read_coded_reply(conn: Conn) -> tuple[int, bytes]:
     """Read one SMTP/LMTP/FTP/NNTP reply: ``250-...`` lines up to the final ``250 ...``.
 
     FTP lets the lines between ``220-`` and ``220 `` carry anything (RFC 959 4.2), so only
-    the first and the closing line must start with the code.
+    the first and the closing line must start with the code. The size is counted as lines
+    come: a flood of ``220-`` lines costs linear time and ends at ``MAX_REPLY``.
     """
     first = conn.read_line()
     match = _CODE.match(first)
@@ -43,13 +43,16 @@ def read_coded_reply(conn: Conn) -> tuple[int, bytes]:
         raise DialogueError(f"the server's reply is not a status line: {printable(first)!r}")
     code = match.group(1)
     lines = [first]
+    size = len(first)
     if match.group(2) == b"-":
         while True:
             line = conn.read_line()
             lines.append(line)
             if line.startswith(code) and line[3:4] in (b" ", b"\r", b"\n"):
                 break
-            _too_long(lines)
+            size += len(line)
+            if size > MAX_REPLY:
+                raise _never_ends(first)
     return int(code), b"".join(lines)
 
 
@@ -105,13 +108,17 @@ def imap(conn: Conn, host: str) -> RecordIO:
         # PREAUTH means already authenticated, where STARTTLS is not allowed; BYE is a refusal.
         raise DialogueError(f"the server refused the session: {printable(greeting)!r}")
     conn.send(b"a1 STARTTLS\r\n")
-    lines: list[bytes] = []
+    first = b""
+    size = 0
     while True:
         line = conn.read_line()
         if line.startswith(b"a1 "):
             break
-        lines.append(line)  # untagged data before the tagged reply is allowed and ignored
-        _too_long(lines)
+        # Untagged data before the tagged reply is allowed and ignored, up to MAX_REPLY.
+        first = first or line
+        size += len(line)
+        if size > MAX_REPLY:
+            raise _never_ends(first)
     if not line[3:].upper().startswith(b"OK"):
         raise DialogueError(f"the server refused STARTTLS: {printable(line)!r}")
     return conn
@@ -135,13 +142,16 @@ _SIEVE_END = re.compile(rb"^(OK|NO|BYE)\b", re.IGNORECASE)
 def _sieve_response(conn: Conn) -> tuple[bytes, bytes]:
     """Read lines up to the one starting with OK, NO or BYE (RFC 5804 4)."""
     lines = []
+    size = 0
     while True:
         line = conn.read_line()
         lines.append(line)
         match = _SIEVE_END.match(line)
         if match:
             return match.group(1).upper(), b"".join(lines)
-        _too_long(lines)
+        size += len(line)
+        if size > MAX_REPLY:
+            raise _never_ends(lines[0])
 
 
 def sieve(conn: Conn, host: str) -> RecordIO:
@@ -175,14 +185,21 @@ def _xmpp_words(xml: bytes) -> str:
 
 
 def _read_stream_features(conn: Conn) -> bytes:
-    """Read XML tag by tag until the stream features end, or the stream ends in an error."""
-    xml = b""
-    while len(xml) < _MAX_XML:
-        xml += conn.read_until(b">")
-        if _FEATURES_END.search(xml):
-            return xml
-        if _STREAM_ERROR.search(xml):
-            raise DialogueError(f"the server closed the stream: {_xmpp_words(xml)}")
+    """Read XML tag by tag until the stream features end, or the stream ends in an error.
+
+    Only the newest tag is searched: both ends are single tags, and re-searching all the
+    XML collected on each tag made an endless stream cost quadratic time.
+    """
+    tags: list[bytes] = []
+    size = 0
+    while size < _MAX_XML:
+        tag = conn.read_until(b">")
+        tags.append(tag)
+        size += len(tag)
+        if _FEATURES_END.search(tag):
+            return b"".join(tags)
+        if _STREAM_ERROR.search(tag):
+            raise DialogueError(f"the server closed the stream: {_xmpp_words(b''.join(tags))}")
     raise DialogueError("the server sent no stream features")
 
 

@@ -108,8 +108,12 @@ def parse_target(text: str, *, starttls: str = protocols.AUTO) -> Target:
     """
     if starttls not in protocols.STARTTLS_CHOICES:
         raise UsageError(f"unknown --starttls value {starttls!r}")
-    if _BAD_CHARS.search(text):
-        raise UsageError(f"invalid target {text!r}: it contains spaces or control characters")
+    # Invisible characters too (U+FEFF, U+00AD, bidi controls): IDNA drops some of them,
+    # so a name shown one way would be contacted as another.
+    if _BAD_CHARS.search(text) or not text.isprintable():
+        raise UsageError(
+            f"invalid target {text!r}: it contains spaces, control or invisible characters"
+        )
     if not text:
         raise UsageError("invalid target '': it is empty")
     scheme_protocol: Protocol | None = None
