@@ -1,8 +1,8 @@
 """The frozen (PyInstaller) agent: version, probe, check-once with environment.txt beside the
 executable, and a long ``run`` that outlives the deletion of its extraction folder.
 
-The build happens once per session (``scripts/build-binary.sh``), or not at all when
-``dist/`` already holds a build newer than every source file.
+The build happens once per session (``scripts/build-binary.sh``, the README's "Build from
+source"), or not at all when ``dist/`` already holds a build newer than every source file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,51 +22,21 @@ import pytest
 from tests import tls_servers
 from tests.api_server import ApiServer, domain_entries
 from tests.certs import Chain, make_chain
+from tests.frozen_builds import FOLDER, ensure_built
 from trackssl_agent import __version__
 from trackssl_agent.certificates import to_pem
 
 pytestmark = pytest.mark.frozen
 
-ROOT = Path(__file__).resolve().parent.parent
-SUFFIX = ".exe" if os.name == "nt" else ""
-ONEFILE = ROOT / "dist" / f"trackssl-agent{SUFFIX}"
-FOLDER = ROOT / "dist" / "trackssl-agent-folder" / f"trackssl-agent{SUFFIX}"
 # Variables of the test process that must not leak into the agent under test.
 FOREIGN = ("TRACKSSL_", "SSL_CERT_", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
-def newest_source() -> float:
-    """The newest modification time among the files that go into the build."""
-    files = [
-        *ROOT.glob("trackssl_agent/**/*.py"),
-        *ROOT.glob("build/hooks/*.py"),
-        ROOT / "pyinstaller.spec",
-        ROOT / "pyproject.toml",
-    ]
-    return max(path.stat().st_mtime for path in files)
-
-
-def build() -> None:
-    """Run the project's build script with this interpreter (and its PyInstaller)."""
-    if sys.platform == "win32":
-        script = ROOT / "scripts" / "build-binary.ps1"
-        command = ["powershell", "-NoProfile", "-ExecutionPolicy", "Bypass", "-File"]
-        command += [str(script), "-Python", sys.executable]
-    else:
-        command = ["bash", str(ROOT / "scripts" / "build-binary.sh")]
-    env = {**os.environ, "PYTHON": sys.executable}
-    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=900)
-
-
 @pytest.fixture(scope="session")
 def frozen() -> Path:
     """The single-file executable, built now unless an up-to-date build exists."""
-    outputs = (ONEFILE, FOLDER)
-    built = all(path.exists() for path in outputs)
-    if not built or min(path.stat().st_mtime for path in outputs) < newest_source():
-        build()
-    return ONEFILE
+    return ensure_built()
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +247,98 @@ def test_run_survives_deletion_of_its_extraction_folder(
     assert code == 0, text
     assert "Traceback" not in text
     assert api.auth_token not in text
+
+
+STOP_RUNS = 5
+STOP_TIMEOUT = 3.0  # --timeout of the runs signalled below; the exit must come within +5 s
+
+
+def run_and_signal_group(
+    exe: Path, signum: int, api: ApiServer, workdir: Path
+) -> tuple[int | None, float, str, list[dict[str, object]], list[Path]]:
+    """Start ``run`` in a session (process group) of its own, wait for its first cycle,
+    signal the whole group as a terminal's Ctrl-C or ``systemctl stop`` does; returns the
+    exit code (None if it did not exit in time), the seconds the exit took, stderr, the
+    JSON log and the ``_MEI`` folders left in its temp dir."""
+    workdir.mkdir()
+    temp = workdir / "temp"
+    temp.mkdir()
+    log = workdir / "agent.jsonl"
+    errors = workdir / "stderr.txt"
+    command = [str(exe), "run", "--interval", "1h", "--timeout", str(STOP_TIMEOUT)]
+    command += ["--log-file", str(log), "--log-format", "json"]
+    env = agent_env(temp, **api.env(), TRACKSSL_STATE_DIR=str(workdir / "state"))
+    with errors.open("wb") as err:
+        proc = subprocess.Popen(
+            command, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )  # fmt: skip
+
+    def records() -> list[dict[str, object]]:
+        if not log.exists():
+            return []
+        lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+        return [json.loads(line) for line in lines if line.endswith("\n")]
+
+    code: int | None = None
+    took = 0.0
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r.get("event") == "cycle" for r in records()):
+            assert proc.poll() is None, errors.read_text()
+            assert time.monotonic() < deadline, "no first cycle within 60 s"
+            time.sleep(0.05)
+        began = time.monotonic()
+        os.killpg(proc.pid, signum)
+        try:
+            code = proc.wait(timeout=STOP_TIMEOUT + 5)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return code, took, errors.read_text(errors="replace"), records(), extraction_folders(temp)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups (os.killpg)")
+@pytest.mark.parametrize(
+    "case",
+    [(form, sig) for form in ("single-file", "folder") for sig in (signal.SIGINT, signal.SIGTERM)],
+    ids=lambda case: f"{case[0]}-{signal.Signals(case[1]).name}",
+)
+def test_group_signal_stops_run_cleanly_every_time(
+    frozen: Path,
+    tmp_path: Path,
+    case: tuple[str, int],
+    target: tls_servers.TcpServer,
+    api_server: ApiServer,
+) -> None:
+    """SIGINT/SIGTERM to the whole process group of a frozen ``run`` (the single file's
+    bootloader passes its copy on to the agent, which got one too), 5 runs in a row: every
+    run exits 0 within --timeout + 5 s after one stop, with no traceback, no "Aborted." and
+    no exit-now, and the single file leaves no extraction folder."""
+    form, signum = case
+    exe = frozen if form == "single-file" else FOLDER
+    api_server.domains = domain_entries({1: target.port})
+    failures = []
+    for run in range(STOP_RUNS):
+        code, took, stderr, records, left = run_and_signal_group(
+            exe, signum, api_server, tmp_path / f"run{run}"
+        )
+        events = [r.get("event") for r in records]
+        ok = (
+            code == 0
+            and took < STOP_TIMEOUT + 5
+            and "Traceback" not in stderr
+            and "Aborted" not in stderr
+            and events.count("stop") == 1
+            and "exit_now" not in events
+            and "stopped" in events
+            and left == []
+        )
+        if not ok:
+            failures.append(f"run {run}: exit {code} after {took:.1f}s, events {events}, "
+                            f"left {left}, stderr {stderr[-2000:]!r}")  # fmt: skip
+    assert failures == []

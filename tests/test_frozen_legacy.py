@@ -3,7 +3,7 @@ OpenSSL inside a release binary accepts, not only what the test interpreter's do
 
 The executables come from ``TRACKSSL_AGENT_BINARY`` (one path, or several joined by the
 path separator: the release workflow points it at the build it is about to publish), else
-from ``dist/`` (both builds) when a build is there.
+from ``dist/`` (both builds), built first when missing or stale, as test_frozen.py does.
 """
 
 from __future__ import annotations
@@ -19,35 +19,29 @@ import pytest
 
 from tests import tls_servers
 from tests.certs import Chain, make_chain, self_signed
+from tests.frozen_builds import FOLDER, ONEFILE, ensure_built
 from trackssl_agent.certificates import to_pem
 
 pytestmark = pytest.mark.frozen
 
-ROOT = Path(__file__).resolve().parent.parent
-SUFFIX = ".exe" if os.name == "nt" else ""
-BUILDS = (
-    ROOT / "dist" / f"trackssl-agent{SUFFIX}",
-    ROOT / "dist" / "trackssl-agent-folder" / f"trackssl-agent{SUFFIX}",
-)
 
-
-def binaries() -> list[Path | None]:
-    """The executables under test: $TRACKSSL_AGENT_BINARY, else the builds in dist/."""
+def binaries() -> list[Path]:
+    """The executables under test: $TRACKSSL_AGENT_BINARY, else both builds in dist/."""
     named = os.environ.get("TRACKSSL_AGENT_BINARY")
     if named:
         paths = [Path(part) for part in named.split(os.pathsep) if part]
         missing = [str(path) for path in paths if not path.is_file()]
         assert not missing, f"TRACKSSL_AGENT_BINARY names missing files: {missing}"
-        return [*paths]
-    return [path for path in BUILDS if path.is_file()]
+        return paths
+    return [ONEFILE, FOLDER]
 
 
-@pytest.fixture(params=binaries() or [None], ids=lambda p: p.parent.name if p else "none")
-def agent(request: pytest.FixtureRequest) -> Path:  # params: a Path each, or None
-    """One frozen executable."""
-    if request.param is None:
-        pytest.skip("no frozen build: run scripts/build-binary.sh or set TRACKSSL_AGENT_BINARY")
+@pytest.fixture(params=binaries(), ids=lambda p: p.parent.name)
+def agent(request: pytest.FixtureRequest) -> Path:
+    """One frozen executable; the builds in dist/ are made first when missing or stale."""
     path: Path = request.param
+    if not os.environ.get("TRACKSSL_AGENT_BINARY"):
+        ensure_built()
     return path
 
 

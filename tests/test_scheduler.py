@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,7 +19,13 @@ import schedule
 from trackssl_agent import scheduler
 from trackssl_agent.errors import ApiError
 from trackssl_agent.scheduler import Summary, Timing, format_seconds, run_loop, startup_summary
-from trackssl_agent.signals import stopping_on_signals
+from trackssl_agent.signals import (
+    SECOND_AFTER,
+    StopRequests,
+    Verdict,
+    stop_signals,
+    stopping_on_signals,
+)
 
 HOUR = 3600.0
 T0 = 1000.0
@@ -327,8 +333,28 @@ def test_time_scale_hook_shortens_every_delay_and_only_when_valid() -> None:
     assert scheduler.time_scale({}) == 1
 
 
-def test_first_signal_sets_stop_second_exits_at_once() -> None:
-    """SIGTERM sets the stop event; a second one calls the immediate exit with 128+signum."""
+@pytest.fixture
+def stop_handlers() -> Iterator[None]:
+    """Puts the stop signals' handlers back after a test that left them ignored."""
+    before = {sig: signal.getsignal(sig) for sig in stop_signals()}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_copies_within_the_window_are_one_request_a_later_signal_exits() -> None:
+    """A signal microseconds after the first is the same stop; one 2 s or more later exits."""
+    requests = StopRequests()
+    assert requests.receive(100.0) is Verdict.STOP
+    assert requests.receive(100.000001) is Verdict.SAME
+    assert requests.receive(100.0 + SECOND_AFTER - 0.01) is Verdict.SAME
+    assert requests.receive(100.0 + SECOND_AFTER) is Verdict.EXIT
+
+
+@pytest.mark.usefixtures("stop_handlers")
+def test_first_signal_sets_stop_a_later_one_exits_at_once() -> None:
+    """SIGTERM sets the stop event; another one after the window calls the immediate exit
+    with 128+signum."""
     stop = threading.Event()
     exited = threading.Event()
     codes: list[int] = []
@@ -337,12 +363,59 @@ def test_first_signal_sets_stop_second_exits_at_once() -> None:
         codes.append(code)
         exited.set()
 
-    before = signal.getsignal(signal.SIGTERM)
-    with stopping_on_signals(stop, exit_now=fake_exit):
+    with stopping_on_signals(stop, exit_now=fake_exit, second_after=0.3):
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.wait(2)
         assert not exited.is_set()
+        time.sleep(0.4)
         os.kill(os.getpid(), signal.SIGTERM)
         assert exited.wait(2)
     assert codes == [128 + signal.SIGTERM]
-    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.usefixtures("stop_handlers")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_two_signals_microseconds_apart_are_one_stop(signum: int) -> None:
+    """The group's copy and the bootloader's forwarded copy, back to back, stop once and
+    never exit at once, nor raise KeyboardInterrupt."""
+    stop = threading.Event()
+    codes: list[int] = []
+    with stopping_on_signals(stop, exit_now=codes.append):
+        os.kill(os.getpid(), signum)
+        os.kill(os.getpid(), signum)
+        assert stop.wait(2)
+        time.sleep(0.5)  # the watcher has long seen both by now
+    assert codes == []
+
+
+@pytest.mark.usefixtures("stop_handlers")
+@pytest.mark.timeout(20)
+def test_signal_while_the_main_thread_holds_the_stop_events_lock() -> None:
+    """A signal handled while the main thread is inside ``stop.wait()`` (holding the
+    event's Condition lock) neither deadlocks nor is lost: the stop arrives once it lets go."""
+    stop = threading.Event()
+    # The event's own lock, taken as Event.wait() takes it; a handler calling stop.set()
+    # here would block forever on a lock its own thread holds.
+    held: threading.Condition = vars(stop)["_cond"]
+    with stopping_on_signals(stop), held:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(20):  # give the Python-level handler its chance to run in here
+            time.sleep(0.01)
+    assert stop.wait(2)
+
+
+@pytest.mark.usefixtures("stop_handlers")
+def test_handlers_come_back_without_a_stop_and_stay_ignored_after_one() -> None:
+    """Leaving without a signal restores the handlers; leaving after one keeps the stop
+    signals ignored, so a late copy cannot kill the process while it finishes."""
+    before = signal.getsignal(signal.SIGINT)
+    with stopping_on_signals(threading.Event()):
+        pass
+    assert signal.getsignal(signal.SIGINT) == before
+    stop = threading.Event()
+    with stopping_on_signals(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.wait(2)
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGINT)  # a late copy: nothing happens

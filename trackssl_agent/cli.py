@@ -388,7 +388,7 @@ def run(
     """Run cycles until stopped: one at once, then one every --interval.
 
     SIGTERM or Ctrl-C (Ctrl-Break on Windows) stops it cleanly: no new probes, results not
-    yet delivered stay in the outbox, exit 0. A second signal exits at once.
+    yet delivered stay in the outbox, exit 0. Another signal 2 s or more later exits at once.
     """
     from trackssl_agent import scheduler  # noqa: PLC0415 - see check_once
 

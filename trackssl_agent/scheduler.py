@@ -34,9 +34,7 @@ from trackssl_agent.api import ApiClient
 from trackssl_agent.config import Config
 from trackssl_agent.cycle import CycleReport
 from trackssl_agent.errors import ApiError
-from trackssl_agent.lock import StateLock
 from trackssl_agent.log import get_logger
-from trackssl_agent.outbox import Outbox
 from trackssl_agent.signals import stopping_on_signals
 
 T = TypeVar("T")
@@ -329,6 +327,8 @@ def cycle_summary(report: CycleReport) -> Summary:
         + (f" ({kinds})" if kinds else "")
         + f", {report.delivered} delivered, {report.queued} queued"
     )
+    if report.unsaved:
+        text += f", {report.unsaved} not stored"
     if report.rejected:
         text += f", {report.rejected} rejected"
     if report.problem:
@@ -344,6 +344,8 @@ def cycle_summary(report: CycleReport) -> Summary:
             "queued": report.queued,
             "rejected": report.rejected,
             "problem": report.problem,
+            "unsaved": report.unsaved,
+            "state_problem": report.state_problem,
         },
     )
 
@@ -365,13 +367,18 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
         with ApiClient(api_settings, sleep=stop.wait, stop=stop) as client:
             return cycle.run_cycle(
                 client=client,
-                outbox=Outbox.open(conf.state_dir / "outbox"),
+                outbox=state.outbox(),
                 settings=probe_settings,
                 concurrency=conf.concurrency,
                 stop=stop,
             )
 
-    with StateLock(conf.state_dir):
+    # The state dir is checked at start (exit 3 if unsafe or locked); when it cannot be
+    # used, each cycle posts directly and says so.
+    state = cycle.StateDir(conf.state_dir)
+    # The stop signals are caught before the lock is taken, so a stop request during
+    # start-up is a clean stop too (no KeyboardInterrupt, no death by SIGTERM).
+    with stopping_on_signals(stop), state:
         start = startup_summary(
             version=__version__,
             interval=conf.interval,
@@ -388,8 +395,7 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
                 scale,
                 scale,
             )
-        with stopping_on_signals(stop):
-            count = run_loop(job=one_cycle, timing=timing, stop=stop, describe=cycle_summary)
+        count = run_loop(job=one_cycle, timing=timing, stop=stop, describe=cycle_summary)
     logger.info(
         "stopped after %d cycle(s)", count, extra={"fields": {"event": "stopped", "cycles": count}}
     )
