@@ -4,6 +4,7 @@ proxies, the domain list and the post payload."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import threading
@@ -45,6 +46,7 @@ from trackssl_agent.api import (
 from trackssl_agent.errors import ApiError
 from trackssl_agent.probe import ProbeSettings, probe
 from trackssl_agent.protocols import Protocol
+from trackssl_agent.results import ErrorKind, ProbeError, ProbeResult
 
 WRONG_TOKEN = "wrong-secret-value"  # noqa: S105 - a test-only token
 UNKNOWN_AGENT = "agent-unknown"
@@ -455,3 +457,41 @@ def test_settings_repr_hides_the_token() -> None:
     """ApiSettings never prints the token, even in a traceback's repr."""
     settings = ApiSettings(url="https://x", auth_token=AUTH_TOKEN, agent_token=AGENT_TOKEN)
     assert AUTH_TOKEN not in repr(settings)
+
+
+def test_payload_body_is_the_payload_as_json(good_chain: Chain) -> None:
+    """The bytes posted and stored are exactly ``payload`` as JSON, ASCII and on one line."""
+    with running(tls_server(server_context(good_chain))) as server:
+        domain = api._domain({"domain_id": 7, "hostname": "127.0.0.1", "port": server.port})
+        ok = probe(domain.target, ProbeSettings(timeout=5))
+    odd = api.Domain(8, 'h\u00e9\u2028"x', "443", domain.target)
+    failed = ProbeResult(
+        target=domain.target, servername=None, address=None, probed_at=datetime.now(UTC),
+        elapsed_ms=1.0, error=ProbeError(ErrorKind.TIMEOUT, 'no "answer"\n\u00e9'),
+    )  # fmt: skip
+    for entry, result in ((domain, ok), (odd, failed)):
+        body = api.payload_body(entry, result)
+        assert b"\n" not in body
+        assert body.isascii()
+        assert json.loads(body) == api.payload(entry, result)
+
+
+def test_post_answer_trickled_past_the_deadline_is_cut(api_server: ApiServer) -> None:
+    """A post whose answer trickles (each byte inside the read timeout) ends at its deadline."""
+    api_server.fail("certificate", Reply.trickled(b"{}" + b" " * 200, 0.2, headers_too=True))
+    with (
+        client(api_server, request_deadline=1.0, retries=1) as c,
+        pytest.raises(TransientError, match="no complete answer within 1 s"),
+    ):
+        c.post(b'{"domain":{"domain_id":3}}', domain_id=3)
+    assert len(api_server.requests) == 2
+
+
+def test_429_and_503_tell_the_poster_to_back_off(api_server: ApiServer) -> None:
+    """Each 429/503 is reported with the delay Retry-After asked for, then retried."""
+    api_server.script("certificate", Reply.error(429, **{"Retry-After": "3"}), Reply.error(503), OK)
+    told: list[float] = []
+    with client(api_server) as c:
+        c.post(b'{"domain":{"domain_id":4}}', domain_id=4, overloaded=told.append)
+    assert told == [3.0, 1.5]  # Retry-After, then the second backoff step (jitter 0.5)
+    assert api_server.posted_ids() == [4]

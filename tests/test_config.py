@@ -38,7 +38,8 @@ def test_tolerates_bom_crlf_export_quotes_comments(tmp_path: Path) -> None:
         "OTHER_VARIABLE=ignored\r\n"
     )
     cfg = load(tmp_path, text)
-    assert cfg.auth_token == TOKEN
+    assert cfg.auth_token is not None
+    assert cfg.auth_token.reveal() == TOKEN
     assert cfg.agent_token == "agent-1"  # noqa: S105 - a public id
     assert cfg.timeout == 2.5
     assert cfg.file == tmp_path / "environment.txt"

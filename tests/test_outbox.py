@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from trackssl_agent import outbox
 from trackssl_agent.errors import LockError
 from trackssl_agent.lock import StateLock
-from trackssl_agent.outbox import Outbox, Record, write_atomic
+from trackssl_agent.outbox import JsonBytes, Outbox, Record, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -419,3 +419,19 @@ def test_fuzz_parse_segment_stays_within_its_budget(data: bytes, budget: int) ->
     loaded = outbox.parse_segment(stream, budget=budget)
     assert loaded.size <= budget
     assert len(loaded.records) <= outbox.DEFAULT_LIMIT
+
+
+def test_json_bytes_records_are_stored_as_built(tmp_path: Path) -> None:
+    """A record holding the post body's bytes is stored with those bytes, reloads as the
+    same payload, and posts the same bytes."""
+    body = b'{"domain":{"domain_id":5,"chain":["-----BEGIN CERTIFICATE-----\\nMII\\n"]}}'
+    record = Record(5, JsonBytes(body), "2026-12-01T00:00:00Z")
+    assert record.data() is body
+    assert body in record.line()
+    box = Outbox.open(tmp_path)
+    box.add([record])
+    box.close()
+    (loaded,) = Outbox.open(tmp_path).pending()
+    assert loaded.payload == json.loads(body)
+    assert loaded.queued_at == "2026-12-01T00:00:00Z"
+    assert loaded.data() == body

@@ -1,12 +1,16 @@
-"""The STARTTLS selection tables: schemes, the well-known port table, and their precedence."""
+"""The STARTTLS protocol table: every protocol has its ports, schemes and dialogue; the
+derived scheme and port tables; and their precedence."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
 
 import pytest
 
 from trackssl_agent import protocols
 from trackssl_agent.protocols import PORTS, SCHEMES, Protocol
-from trackssl_agent.starttls import DIALOGUES
 from trackssl_agent.targets import parse_target
 
 # SPEC section 2, STARTTLS, written out again so that a slip in the table shows up here.
@@ -62,7 +66,33 @@ def test_scheme_default_ports(scheme: str, protocol: Protocol | None, port: int)
     assert (target.starttls, target.port) == (protocol, port)
 
 
-def test_every_protocol_has_a_dialogue() -> None:
-    """Each protocol name that a scheme, the option or the port table can pick has a dialogue."""
-    assert set(DIALOGUES) == set(Protocol)
+@pytest.mark.parametrize("protocol", list(Protocol))
+def test_every_protocol_has_port_scheme_and_dialogue(protocol: Protocol) -> None:
+    """Each protocol carries a well-known port, a scheme with a default port, and a dialogue."""
+    assert protocol.ports
+    assert all(PORTS[port] is protocol for port in protocol.ports)
+    assert protocol.schemes
+    assert all(SCHEMES[scheme] == (protocol, port) for scheme, port in protocol.schemes.items())
+    assert callable(protocol.dialogue)
+    assert protocol.value in protocols.STARTTLS_CHOICES
+
+
+@pytest.mark.parametrize(
+    "row",
+    [((), lambda conn, host: conn), ((1,),), ((1,), "not a dialogue"), ((1,), print, {}, 5)],
+)
+def test_a_protocol_row_without_its_pieces_cannot_be_declared(row: tuple[Any, ...]) -> None:
+    """Declaring a protocol without ports or a dialogue fails when the table is built."""
+    # Enum keeps the __new__ that built the members here (3.11+; not in typeshed).
+    new_member: Callable[..., Any] = Protocol._new_member_  # type: ignore[attr-defined]
+
+    with pytest.raises(TypeError, match=r"protocol broken: expected \(ports, dialogue"):
+
+        class Broken(StrEnum):
+            __new__ = new_member
+            BROKEN = ("broken", *row)
+
+
+def test_choices_are_auto_none_and_every_protocol() -> None:
+    """``--starttls`` offers auto, none and each protocol of the table."""
     assert set(protocols.STARTTLS_CHOICES) == {"auto", "none", *(p.value for p in Protocol)}

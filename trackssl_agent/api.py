@@ -1,36 +1,32 @@
-"""The TrackSSL API client (SPEC section 5): one session, retries, and the payloads.
+"""The TrackSSL API client (SPEC section 5): retries, the domain list and the payloads.
 
-The auth token lives only in the session's ``Authorization`` header: it is never part of
-a URL, a message or an exception, and ``log.register_secret`` guards the logs besides.
+The auth token lives only in the ``Authorization`` header of the transport: it is never
+part of a URL, a message or an exception, and ``log.register_secret`` guards the logs
+besides. Requests go over ``api_transport``'s kept-alive connections, or through a
+``requests`` session (``api_session``, imported only then) when a proxy applies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
+import os
 import platform
 import random
 import re
-import socket
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
-from typing import Any
-
-import requests
-import truststore
-import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from typing import Any, Protocol
 
 from trackssl_agent import __version__, certificates, log, protocols
+from trackssl_agent.api_transport import Answer, AttemptFailed, Transport
+from trackssl_agent.api_transport import ResponseError as ResponseError  # noqa: PLC0414 - re-exported
 from trackssl_agent.errors import ApiError, UsageError
 from trackssl_agent.results import ProbeResult, utc_iso
 from trackssl_agent.targets import Target, parse_target
@@ -54,8 +50,27 @@ class RejectedError(ApiError):
     """The API refused one result for good (400, 409, 410, 413, 422...)."""
 
 
-class ResponseError(ApiError):
-    """The API answered something that is not its JSON: an HTML page, broken or huge JSON."""
+class _Transport(Protocol):
+    def request(
+        self, method: str, url: str, *, body: bytes | None, limit: float, what: str
+    ) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+_PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy"})
+
+
+def environ_proxies(url: str) -> dict[str, str]:
+    """The proxies that apply to ``url`` (NO_PROXY decided). On Linux they come only from
+    the environment, so without a proxy variable ``requests`` is not even imported."""
+    if sys.platform.startswith("linux") and not any(
+        value and key.lower() in _PROXY_VARIABLES for key, value in os.environ.items()
+    ):
+        return {}
+    from trackssl_agent import api_session  # noqa: PLC0415 - see above
+
+    return api_session.environ_proxies(url)
 
 
 def user_agent() -> str:
@@ -106,180 +121,13 @@ class Domain:
     target: Target
 
 
-_active = threading.local()
-
-
-class _Deadline:
-    """The deadline of one request. At it, the sockets the request uses are shut down, so
-    a read blocked on a server that trickles (each byte inside the read timeout) returns
-    at once, whether it waits for the TLS handshake, the headers or the body."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.fired = False
-        self._lock = threading.Lock()
-        self._done = False
-        self._sockets: list[socket.socket] = []
-        self._owned: list[socket.socket] = []
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        _active.deadline = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _active.deadline = None
-        self._timer.cancel()
-        with self._lock:
-            self._done = True
-            owned, self._owned, self._sockets = self._owned, [], []
-        for sock in owned:
-            sock.close()
-
-    def watch(self, sock: socket.socket, *, duplicate: bool) -> None:
-        """Cut ``sock`` at the deadline. ``duplicate`` for a fresh TCP socket: the TLS layer
-        detaches that object when it wraps it, while a duplicate of its descriptor still
-        reaches the same connection (and is closed here, never the connection itself)."""
-        try:
-            watched = sock.dup() if duplicate else sock
-        except OSError:
-            return
-        with self._lock:
-            if self._done:
-                if duplicate:
-                    watched.close()
-                return
-            self._sockets.append(watched)
-            if duplicate:
-                self._owned.append(watched)
-        if self.fired:
-            self._fire()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            # The plain socket's shutdown even for an SSLSocket: it must not touch the TLS
-            # state another thread is reading with.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _watch(sock: socket.socket | None, *, duplicate: bool) -> None:
-    deadline: _Deadline | None = getattr(_active, "deadline", None)
-    if deadline is not None and sock is not None:
-        deadline.watch(sock, duplicate=duplicate)
-
-
-class _WatchedConnection(HTTPConnection):
-    """A connection whose sockets the current request's deadline can cut."""
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch(sock, duplicate=True)
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self.sock, duplicate=False)  # a kept-alive connection reused
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    """``_WatchedConnection`` for https (and https through a proxy tunnel)."""
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch(sock, duplicate=True)
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self.sock, duplicate=False)
-        super().request(*args, **kwargs)
-
-
-class _WatchedPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-_POOLS = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
-
-
-class _WatchedAdapter(HTTPAdapter):
-    """Connections from pools whose sockets a request's deadline can cut."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **kwargs)
-        if type(manager) is urllib3.ProxyManager:  # a SOCKS manager has its own classes
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
-
-
-class _TrustStoreAdapter(_WatchedAdapter):
-    """Verifies the API against the OS trust store (plus TRACKSSL_CA_BUNDLE), also through
-    a proxy tunnel, so a TLS-inspecting proxy whose CA is installed just works."""
-
-    def __init__(self, context: ssl.SSLContext, pool_size: int) -> None:
-        self._context = context
-        super().__init__(pool_connections=2, pool_maxsize=pool_size)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
-        kwargs["ssl_context"] = self._context
-        return super().proxy_manager_for(proxy, **kwargs)
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        # requests would load certifi into the context on every connection: the OS store
-        # (and the configured bundle) already decide, so only demand verification.
-        conn.cert_reqs = "CERT_REQUIRED"
-        conn.ca_certs = None
-        conn.ca_cert_dir = None
-
-
-def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """The OS trust store, plus the extra CAs of ``ca_bundle``; hostname checked."""
-    context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if ca_bundle is not None:
-        try:
-            context.load_verify_locations(cafile=str(ca_bundle))
-        except (OSError, ssl.SSLError) as exc:
-            raise ApiError(f"TRACKSSL_CA_BUNDLE {ca_bundle}: cannot load it: {exc}") from None
-    return context
-
-
-def make_session(settings: ApiSettings) -> requests.Session:
-    """One keep-alive session carrying SPEC section 5's headers."""
-    session = requests.Session()
-    # Proxies come from the environment explicitly below; trust_env would also let
-    # ~/.netrc replace the Authorization header and REQUESTS_CA_BUNDLE replace the store.
-    session.trust_env = False
-    session.mount(
-        "https://", _TrustStoreAdapter(tls_context(settings.ca_bundle), settings.pool_size)
-    )
-    session.mount("http://", _WatchedAdapter(pool_connections=2, pool_maxsize=settings.pool_size))
-    session.headers.update(
-        {
-            "Authorization": f"Bearer {settings.auth_token}",
-            "Accept": "application/json",
-            "User-Agent": user_agent(),
-        }
-    )
-    return session
+def headers(settings: ApiSettings) -> dict[str, str]:
+    """SPEC section 5's headers of every request."""
+    return {
+        "Authorization": f"Bearer {settings.auth_token}",
+        "Accept": "application/json",
+        "User-Agent": user_agent(),
+    }
 
 
 def retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -305,7 +153,6 @@ class ApiClient:
         self,
         settings: ApiSettings,
         *,
-        session: requests.Session | None = None,
         sleep: Callable[[float], object] = time.sleep,
         jitter: Callable[[], float] = random.random,
         stop: threading.Event | None = None,
@@ -314,7 +161,6 @@ class ApiClient:
     ) -> None:
         log.register_secret(settings.auth_token)
         self.settings = settings
-        self.session = session or make_session(settings)
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter
@@ -322,13 +168,29 @@ class ApiClient:
         base = f"{settings.url}/api/v1/agents/{settings.agent_token}"
         self.domains_url = f"{base}/domains.json"
         self.certificate_url = f"{base}/certificate.json"
-        self._proxies = dict(
-            proxies if proxies is not None else requests.utils.get_environ_proxies(settings.url)
-        )
+        self._proxies = dict(proxies if proxies is not None else environ_proxies(settings.url))
+        self._transport = self._make_transport()
+
+    def _make_transport(self) -> _Transport:
+        settings = self.settings
+        scheme = settings.url.partition(":")[0].lower()
+        if self._proxies.get(scheme) or self._proxies.get("all"):
+            from trackssl_agent import api_session  # noqa: PLC0415 - see environ_proxies
+
+            return api_session.SessionTransport(
+                settings.url, headers=headers(settings), ca_bundle=settings.ca_bundle,
+                connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+                max_body=settings.max_body, pool_size=settings.pool_size, proxies=self._proxies,
+            )  # fmt: skip
+        return Transport(
+            settings.url, headers=headers(settings), ca_bundle=settings.ca_bundle,
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+            max_body=settings.max_body,
+        )  # fmt: skip
 
     def close(self) -> None:
-        """Close the pooled connections."""
-        self.session.close()
+        """Close the kept-alive connections."""
+        self._transport.close()
 
     def __enter__(self) -> ApiClient:
         return self
@@ -343,11 +205,24 @@ class ApiClient:
             raise ApiError(f"the API answered HTTP {status} to the domain list request")
         return decode_domains(body, content_type)
 
-    def post(self, payload: Mapping[str, Any]) -> None:
-        """Post one result; returns once the API accepted it."""
-        data = json.dumps(payload, separators=(",", ":")).encode()
+    def post(
+        self,
+        payload: Mapping[str, Any] | bytes,
+        *,
+        domain_id: int | None = None,
+        overloaded: Callable[[float], None] | None = None,
+    ) -> None:
+        """Post one result (a payload, or its JSON bytes); returns once the API accepted it.
+
+        ``overloaded(delay)`` is told of each 429 or 503 before its retry waits."""
+        if isinstance(payload, bytes):
+            data = payload
+        else:
+            data = json.dumps(payload, separators=(",", ":")).encode()
+            if domain_id is None:
+                domain_id = payload.get("domain", {}).get("domain_id")
         status, body, content_type = self._request(
-            "POST", self.certificate_url, data=data, what="result post"
+            "POST", self.certificate_url, data=data, what="result post", overloaded=overloaded
         )
         if status in ACCEPTED:
             if _looks_html(body, content_type):
@@ -357,85 +232,60 @@ class ApiClient:
                     f"({_title(body)}); is a proxy or captive portal in between?"
                 )
             return
-        domain = payload.get("domain", {})
         raise RejectedError(
-            f"the API refused the result for domain_id {domain.get('domain_id')} "
+            f"the API refused the result for domain_id {domain_id} "
             f"with HTTP {status}: {_snippet(body)}"
         )
 
     def _request(
-        self, method: str, url: str, *, what: str, data: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        data: bytes | None = None,
+        overloaded: Callable[[float], None] | None = None,
     ) -> tuple[int, bytes, str]:
+        """Attempts within the budget, each cut at its own deadline."""
         settings = self.settings
-        headers = {"Content-Type": "application/json"} if data is not None else {}
         attempts = settings.retries + 1
         started = self._clock()
         end = started + settings.budget
-        for attempt in range(attempts):
+        for number in range(attempts):
             wait: float | None = None
             limit = max(0.1, min(settings.request_deadline, end - self._clock()))
-            deadline = _Deadline(limit)
             try:
-                with deadline:
-                    response = self.session.request(
-                        method, url, data=data, headers=headers, stream=True,
-                        allow_redirects=False, proxies=self._proxies, verify=True,
-                        timeout=(
-                            min(settings.connect_timeout, limit),
-                            min(settings.read_timeout, limit),
-                        ),
-                    )  # fmt: skip
-                    with response:
-                        body = self._read(response, what=what, deadline=deadline)
-            except requests.exceptions.SSLError as exc:
-                if not deadline.fired:
-                    raise ApiError(
-                        f"TLS verification of {settings.url} failed ({_reason(exc)}); if a "
-                        "TLS-inspecting proxy sits in between, install its CA in the system "
-                        "store or set TRACKSSL_CA_BUNDLE"
-                    ) from None
-                problem = f"no complete answer within {limit:g} s"
-            except (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                problem = (
-                    f"no complete answer within {limit:g} s" if deadline.fired else _reason(exc)
-                )
-            except requests.exceptions.ContentDecodingError as exc:
-                raise ResponseError(
-                    f"the API's answer to the {what} could not be decompressed: {_reason(exc)}"
-                ) from None
-            except requests.exceptions.RequestException as exc:
-                # An unusable URL or header: retrying cannot help.
-                raise ApiError(f"the {what} to {settings.url} failed: {_reason(exc)}") from None
+                answer = self._transport.request(method, url, body=data, limit=limit, what=what)
+            except AttemptFailed as exc:
+                problem = str(exc)
             else:
-                status = response.status_code
-                logger.debug("%s %s -> HTTP %d (%d bytes)", method, url, status, len(body))
+                status = answer.status
+                logger.debug("%s %s -> HTTP %d (%d bytes)", method, url, status, len(answer.body))
                 self._check_auth(status, what=what)
                 if status not in RETRY_STATUSES:
                     if 300 <= status < 400:
-                        location = _shown(response.headers.get("Location") or "(none)")
+                        location = _shown(answer.header("Location") or "(none)")
                         raise ApiError(
                             f"the API redirected the {what} to {location}"
                             "; set TRACKSSL_URL to the final address"
                         )
-                    return status, body, response.headers.get("Content-Type", "")
+                    return status, answer.body, answer.header("Content-Type") or ""
                 problem = f"HTTP {status}"
-                wait = retry_after(response.headers.get("Retry-After"))
-            delay = min(self._delay(attempt) if wait is None else wait, settings.max_delay)
+                wait = retry_after(answer.header("Retry-After"))
+            delay = min(self._delay(number) if wait is None else wait, settings.max_delay)
+            if overloaded is not None and problem in ("HTTP 429", "HTTP 503"):
+                overloaded(delay)
             over = self._clock() + delay >= end
-            if attempt + 1 >= attempts or over or (self._stop is not None and self._stop.is_set()):
+            if number + 1 >= attempts or over or (self._stop is not None and self._stop.is_set()):
                 spent = self._clock() - started
                 limit_note = f" (its time limit is {settings.budget:g} s)" if over else ""
                 raise TransientError(
-                    f"the {what} failed after {attempt + 1} attempts in {spent:.0f} s"
+                    f"the {what} failed after {number + 1} attempts in {spent:.0f} s"
                     f"{limit_note}: {problem} ({settings.url})"
                 )
             logger.warning(
                 "%s failed (%s); retry %d of %d in %.1f s",
-                what, problem, attempt + 1, settings.retries, delay,
+                what, problem, number + 1, settings.retries, delay,
             )  # fmt: skip
             self._sleep(delay)
         raise AssertionError("unreachable")
@@ -457,49 +307,6 @@ class ApiClient:
                 f"(HTTP 404 on the {what}); check the agent token, and TRACKSSL_URL "
                 f"({self.settings.url})"
             )
-
-    def _read(self, response: requests.Response, *, what: str, deadline: _Deadline) -> bytes:
-        """The whole body, at most ``max_body`` bytes; a timeout once the deadline passed."""
-        limit = self.settings.max_body
-        too_large = ResponseError(
-            f"the API's answer to the {what} is larger than {limit // 1024 // 1024} MiB; "
-            "is TRACKSSL_URL right?"
-        )
-        declared = response.headers.get("Content-Length", "")
-        if (
-            declared.isascii()
-            and declared.isdigit()
-            and (len(declared) > 15 or int(declared) > limit)
-        ):
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(65536):
-            if deadline.fired:
-                raise requests.exceptions.ReadTimeout("the request deadline passed")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        if deadline.fired:
-            raise requests.exceptions.ReadTimeout("the request deadline passed")
-        return b"".join(chunks)
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost useful text of a requests exception, without its URL noise."""
-    inner: BaseException = exc
-    while True:
-        nxt = inner.__context__ or inner.__cause__
-        if nxt is None or nxt is inner:
-            break
-        inner = nxt
-        if isinstance(inner, ssl.SSLError | TimeoutError | ConnectionError):
-            break
-    if isinstance(exc, requests.exceptions.Timeout) and not isinstance(inner, ssl.SSLError):
-        return "timed out"
-    text = log.printable(str(inner) or type(inner).__name__)
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _looks_html(body: bytes, content_type: str) -> bool:
@@ -663,6 +470,29 @@ def decode_domains(
     """The body of a ``domains.json`` answer -> domains; ResponseError for anything that is
     not the domain list (HTML, broken or too deeply nested JSON, another shape)."""
     return parse_domains(_json_body(body, content_type, what="the domain list"))
+
+
+def payload_body(domain: Domain, result: ProbeResult) -> bytes:
+    """``payload`` as JSON bytes, built once per result and then posted and stored as they
+    are: ASCII and without a newline, so one line of an outbox segment. Written out here
+    rather than dumped from the dict: each PEM is encoded once, with no encoder machinery
+    per key (this runs for every target of every cycle)."""
+    pems = [_quote(certificates.to_pem(der)) for der in result.chain] if result.ok else []
+    error = _quote(str(result.error) if result.error else "")
+    probed_at = _quote(utc_iso(result.probed_at))
+    leaf = pems[0] if pems else '""'
+    text = (
+        f'{{"domain":{{"domain_id":{domain.domain_id:d},"hostname":{_quote(domain.hostname)},'
+        f'"port":{_quote(domain.port)},"certificate":{leaf},'
+        f'"error":{error},"chain":[{",".join(pems)}],"probed_at":{probed_at},'
+        f'"tls_version":{_optional(result.tls_version)},"address":{_optional(result.address)},'
+        f'"agent_version":{_quote(__version__)}}}}}'
+    )
+    return text.encode("ascii")
+
+
+def _optional(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
 
 
 def payload(domain: Domain, result: ProbeResult) -> dict[str, Any]:

@@ -11,24 +11,33 @@ import ssl
 import warnings as pywarnings
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.utils import CryptographyDeprecationWarning
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeVar
 
 from trackssl_agent.results import CertSummary
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 T = TypeVar("T")
 
-# Non-conforming serials are reported through our own warning instead (see summarize).
-pywarnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
-# A server's out-of-range name lengths would print a Python warning to stderr; the name is
-# still shown, and stderr is no place for text about one certificate.
-pywarnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
-
 _CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
+@cache
+def _x509() -> ModuleType:
+    """``cryptography.x509``, imported on first use: ``--version``, ``--help`` and the API
+    path (which needs only ``to_pem``) never pay its import time and memory."""
+    from cryptography import x509  # noqa: PLC0415 - lazy on purpose, see above
+    from cryptography.utils import CryptographyDeprecationWarning  # noqa: PLC0415
+
+    # Non-conforming serials are reported through our own warning instead (see summarize).
+    pywarnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+    # A server's out-of-range name lengths would print a Python warning to stderr; the name
+    # is still shown, and stderr is no place for text about one certificate.
+    pywarnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
+    return x509
 
 
 def to_pem(der: bytes) -> str:
@@ -50,6 +59,8 @@ def _field(name: str, read: Callable[[], T], warnings: list[str]) -> T | None:
 
 
 def _key_description(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa  # noqa: PLC0415
+
     key = cert.public_key()
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA {key.key_size}"
@@ -65,6 +76,7 @@ def _key_description(cert: x509.Certificate) -> str:
 
 
 def _sans(cert: x509.Certificate) -> tuple[str, ...]:
+    x509 = _x509()
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -75,6 +87,8 @@ def _sans(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm  # noqa: PLC0415
+
     if cert.issuer != cert.subject:
         return False
     try:
@@ -104,7 +118,7 @@ def _utc(value: datetime) -> datetime:
 def expiry(der: bytes) -> datetime | None:
     """Only ``notAfter`` (UTC), or None if unreadable: cheaper than a whole summary."""
     try:
-        return _utc(x509.load_der_x509_certificate(der).not_valid_after_utc)
+        return _utc(_x509().load_der_x509_certificate(der).not_valid_after_utc)
     except Exception:  # unreadable means unknown, never an error
         return None
 
@@ -113,7 +127,7 @@ def summarize(der: bytes) -> CertSummary:
     """Summarize one DER certificate; never raises."""
     warnings: list[str] = []
     digest = sha256_hex(der)
-    cert = _field("structure", lambda: x509.load_der_x509_certificate(der), warnings)
+    cert = _field("structure", lambda: _x509().load_der_x509_certificate(der), warnings)
     if cert is None:
         return CertSummary(
             subject=None, issuer=None, serial=None, sha256=digest, not_before=None,

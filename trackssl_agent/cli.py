@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from trackssl_agent import __version__, config, output, protocols
+from trackssl_agent import __version__, config, output, protocols, report, settings
 from trackssl_agent.errors import AgentError, UsageError
-from trackssl_agent.log import FORMATS, LEVELS, get_logger, printable, redact, setup_logging
-from trackssl_agent.probe import ProbeSettings, probe_many
-from trackssl_agent.report import ExitCode, Thresholds, probe_exit_code
+from trackssl_agent.log import get_logger, printable, redact, setup_logging
+from trackssl_agent.probe import ProbeSettings, address_family, probe_many
+from trackssl_agent.report import Thresholds, probe_exit_code
 from trackssl_agent.results import ProbeResult
-from trackssl_agent.targets import Target, encode_hostname, parse_target, read_targets_file
+from trackssl_agent.settings import Kind
+from trackssl_agent.targets import Target, encode_hostname, parse_target, read_targets_path
+
+if TYPE_CHECKING:  # cycle (and requests behind it) is imported only when a command needs it
+    from trackssl_agent.cycle import CycleReport
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_TIMEOUT = 10.0
 
 
 class _FilePath(click.Path):
@@ -45,21 +47,60 @@ class _FilePath(click.Path):
 _FILE = _FilePath(dir_okay=False, path_type=Path)
 
 
-timeout_option = click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1, max=600),
-    default=None,
-    help="One deadline per target: DNS, connect, STARTTLS, handshake [default: 10].",
-)
-"""``--timeout``: None lets the configuration (or the default of 10 s) decide."""
+def _click_type(row: settings.Spec) -> click.ParamType[Any] | None:
+    """The click type that checks a setting's bounds at the command line."""
+    if row.kind is Kind.INT:
+        low, high = (None if bound is None else int(bound) for bound in (row.low, row.high))
+        return click.IntRange(low, high)
+    if row.kind is Kind.SECONDS:
+        return click.FloatRange(row.low, row.high)
+    if row.kind is Kind.CHOICE:
+        return click.Choice(row.choices)
+    if row.kind in settings.PATH_KINDS:
+        return _FILE
+    return None  # DURATION and the rest: text, checked by config with its own message
 
-concurrency_option = click.option(
-    "--concurrency",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help="Probes at once [default: 64].",
-)
-"""``--concurrency``: None lets the configuration (or the default of 64) decide."""
+
+def setting_option(name: str, *, param: str | None = None) -> Callable[[F], F]:
+    """The option of setting ``name``, generated from its row in ``settings.SETTINGS``.
+
+    A setting the configuration also holds defaults to None here, so that the environment
+    and the file can decide; its default is shown in the help instead.
+    """
+    row = settings.CONFIG if name == settings.CONFIG.name else settings.spec(name)
+    if row.option is None:
+        raise ValueError(f"setting {name} has no command-line option")
+    keyed = row.key is not None
+    shown = f" [default: {row.default}]" if keyed and row.default else ""
+    return click.option(
+        row.option,
+        param or row.name,
+        type=_click_type(row),
+        default=None if keyed else settings.convert(row, row.default),
+        show_default=not keyed,
+        metavar="DURATION" if row.kind is Kind.DURATION else None,
+        help=row.help + shown,
+    )
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` so that options show in the order given."""
+
+    def decorate(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return decorate
+
+
+def setting_options(*names: str) -> Callable[[F], F]:
+    """The options of several settings, in the order named."""
+    return _stack(*(setting_option(name) for name in names))
+
+
+config_option = setting_option(settings.CONFIG.name, param="config_path")
+"""``--config``: declared once, for ``run``, ``check-once`` and ``config``."""
 
 
 def family_option(func: F) -> F:
@@ -68,49 +109,20 @@ def family_option(func: F) -> F:
     return click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4 addresses.")(func)
 
 
-def probe_options(func: F) -> F:
-    """Options shared by ``probe`` and ``check-once`` (SPEC section 2)."""
-    for decorator in reversed(
-        [
-            timeout_option,
-            family_option,
-            click.option("--json", "as_json", is_flag=True, help="Machine output (JSON)."),
-            click.option(
-                "--warn-days",
-                type=click.IntRange(min=0),
-                default=30,
-                show_default=True,
-                help="Exit 1 when a certificate expires within this many days.",
-            ),
-            click.option(
-                "--crit-days",
-                type=click.IntRange(min=0),
-                default=7,
-                show_default=True,
-                help="Exit 2 when a certificate expires within this many days.",
-            ),
-            click.option(
-                "--starttls",
-                type=click.Choice(protocols.STARTTLS_CHOICES),
-                default=protocols.AUTO,
-                show_default=True,
-                help="Dialogue before TLS: auto picks by scheme, then well-known port.",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
-
-
-def address_family(*, ipv4: bool, ipv6: bool) -> socket.AddressFamily:
-    """The socket family for ``-4`` / ``-6``."""
-    if ipv4 and ipv6:
-        raise UsageError("-4 and -6 exclude each other")
-    if ipv4:
-        return socket.AF_INET
-    if ipv6:
-        return socket.AF_INET6
-    return socket.AF_UNSPEC
+probe_options = _stack(
+    setting_option("timeout"),
+    family_option,
+    click.option("--json", "as_json", is_flag=True, help="Machine output (JSON)."),
+    setting_options("warn_days", "crit_days"),
+    click.option(
+        "--starttls",
+        type=click.Choice(protocols.STARTTLS_CHOICES),
+        default=protocols.AUTO,
+        show_default=True,
+        help="Dialogue before TLS: auto picks by scheme, then well-known port.",
+    ),
+)
+"""Options shared by ``probe`` and ``check-once`` (SPEC section 2)."""
 
 
 def run_probes(
@@ -172,12 +184,12 @@ def probe(
             raise UsageError(f"invalid --servername {servername!r}: {exc}") from None
         if not sni or sni.startswith("."):
             raise UsageError(f"invalid --servername {servername!r}: it must be a host name")
-    settings = ProbeSettings(
-        timeout=timeout or DEFAULT_TIMEOUT,
+    probe_settings = ProbeSettings(
+        timeout=timeout or settings.DEFAULT_TIMEOUT,
         family=address_family(ipv4=ipv4, ipv6=ipv6),
         servername=sni,
     )
-    results = run_probes(parsed, settings, concurrency=64)
+    results = run_probes(parsed, probe_settings, concurrency=settings.DEFAULT_CONCURRENCY)
     now = datetime.now(UTC)
     if pem:
         for result in results:
@@ -190,49 +202,14 @@ def probe(
     return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
 
 
-def config_options(func: F) -> F:
-    """``--config`` and the logging options of ``run`` and ``check-once`` (SPEC section 2)."""
-    for decorator in reversed(
-        [
-            click.option(
-                "--config",
-                "config_path",
-                type=_FILE,
-                help="Configuration file [default: $TRACKSSL_CONFIG, ./environment.txt].",
-            ),
-            click.option(
-                "--log-level", type=click.Choice(LEVELS), default=None, help="[default: info]"
-            ),
-            click.option(
-                "--log-file",
-                type=_FILE,
-                default=None,
-                help="Log to this file, rotated by size [default: stderr].",
-            ),
-            click.option(
-                "--log-format", type=click.Choice(FORMATS), default=None, help="[default: text]"
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
+config_options = _stack(config_option, setting_options("log_level", "log_file", "log_format"))
+"""``--config`` and the logging options of ``run`` and ``check-once`` (SPEC section 2)."""
 
 
-def _load_config(
-    config_path: Path | None,
-    options: dict[str, str | float | int | Path | None],
-    *,
-    log_level: str | None,
-    log_file: Path | None,
-    log_format: str | None,
-) -> config.Config:
-    """The effective Config: these options over the environment over the file."""
-    options = {
-        **options,  # the command's own options
-        config.LOG_LEVEL: log_level,
-        config.LOG_FILE: log_file,
-        config.LOG_FORMAT: log_format,
-    }
+def _load_config(config_path: Path | None, **values: str | float | Path | None) -> config.Config:
+    """The effective Config: these options (by setting name) over the environment over
+    the file."""
+    options = {settings.spec(name).key or name: value for name, value in values.items()}
     return config.from_process(config_option=config_path, options=options)
 
 
@@ -257,17 +234,6 @@ class _ProgressLine:
             click.echo("", err=True)
 
 
-def _read_targets(path: Path, *, starttls: str) -> list[Target]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--targets {path}: cannot read it: {exc}") from None
-    targets = read_targets_file(text.splitlines(), source=str(path), starttls=starttls)
-    if not targets:
-        raise UsageError(f"--targets {path}: the file names no target")
-    return targets
-
-
 @cli.command("check-once")
 @probe_options
 @click.option(
@@ -277,7 +243,7 @@ def _read_targets(path: Path, *, starttls: str) -> list[Target]:
     help="Local mode: probe the targets of FILE (one a line); no account needed.",
 )
 @click.option("--dry-run", is_flag=True, help="Fetch and probe, post nothing; show results.")
-@concurrency_option
+@setting_option("concurrency")
 @config_options
 def check_once(
     timeout: float | None,
@@ -305,12 +271,11 @@ def check_once(
     from trackssl_agent import cycle  # noqa: PLC0415
 
     cfg = _load_config(
-        config_path,
-        {config.TIMEOUT: timeout, config.CONCURRENCY: concurrency},
+        config_path, timeout=timeout, concurrency=concurrency,
         log_level=log_level, log_file=log_file, log_format=log_format,
     )  # fmt: skip
     family = address_family(ipv4=ipv4, ipv6=ipv6)
-    local = _read_targets(targets_file, starttls=starttls) if targets_file else None
+    local = read_targets_path(targets_file, starttls=starttls) if targets_file else None
     if local is None and starttls != protocols.AUTO:
         raise UsageError("--starttls applies to --targets; the API decides per domain")
     config.start_logging(cfg)
@@ -323,7 +288,7 @@ def check_once(
                 concurrency=cfg.concurrency, stop=stop, progress=progress,
             )  # fmt: skip
         else:
-            report = cycle.run_once(
+            cycle_report = cycle.run_once(
                 cfg, stop=stop, family=family, dry_run=dry_run, progress=progress,
                 keep_results=as_json or dry_run,
             )  # fmt: skip
@@ -335,22 +300,24 @@ def check_once(
     if local is not None:
         render_results(results, as_json=as_json, now=now)
         return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
+    return _render_cycle_report(cycle_report, as_json=as_json, dry_run=dry_run, now=now)
+
+
+def _render_cycle_report(
+    cycle_report: CycleReport, *, as_json: bool, dry_run: bool, now: datetime
+) -> int:
+    """check-once's output in API mode: results if asked, the report line, the problem."""
     if as_json or dry_run:
-        render_results(report.results, as_json=as_json, now=now)
+        render_results(cycle_report.results, as_json=as_json, now=now)
     label = "dry run (nothing posted)" if dry_run else "check-once"
-    click.echo(f"{label}: {report.summary()}", err=as_json)
-    if report.problem:
-        click.echo(f"trackssl-agent: {report.problem}", err=True)
-    return int(report.exit_code)
+    click.echo(f"{label}: {cycle_report.summary()}", err=as_json)
+    if cycle_report.problem:
+        click.echo(f"trackssl-agent: {cycle_report.problem}", err=True)
+    return int(cycle_report.exit_code)
 
 
 @cli.command("config")
-@click.option(
-    "--config",
-    "config_path",
-    type=_FILE,
-    help="Configuration file [default: $TRACKSSL_CONFIG, ./environment.txt].",
-)
+@config_option
 def show_config(config_path: Path | None) -> int:
     """Show the effective configuration, where each value comes from; the token redacted."""
     cfg = config.from_process(config_option=config_path, options={})
@@ -364,14 +331,7 @@ def show_config(config_path: Path | None) -> int:
 
 
 @cli.command()
-@click.option(
-    "--interval",
-    metavar="DURATION",
-    default=None,
-    help="Time between cycles: 90s, 30m, 4h, 1d; at least 1m [default: 4h].",
-)
-@timeout_option
-@concurrency_option
+@setting_options("interval", "timeout", "concurrency")
 @family_option
 @config_options
 def run(
@@ -393,8 +353,7 @@ def run(
     from trackssl_agent import scheduler  # noqa: PLC0415 - see check_once
 
     cfg = _load_config(
-        config_path,
-        {config.INTERVAL: interval, config.TIMEOUT: timeout, config.CONCURRENCY: concurrency},
+        config_path, interval=interval, timeout=timeout, concurrency=concurrency,
         log_level=log_level, log_file=log_file, log_format=log_format,
     )  # fmt: skip
     family = address_family(ipv4=ipv4, ipv6=ipv6)
@@ -409,26 +368,23 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry: run the CLI and exit with SPEC section 2's codes."""
+    """Console-script entry: run the CLI and exit with the code ``report`` decides."""
     try:
         code = cli.main(args=argv, prog_name="trackssl-agent", standalone_mode=False)
-    except click.UsageError as exc:
+    except click.ClickException as exc:  # click.UsageError included
         exc.show()
-        sys.exit(ExitCode.USAGE)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitCode.USAGE)
-    except click.Abort:
+        sys.exit(report.error_exit_code(UsageError(exc.format_message())))
+    except click.Abort:  # Ctrl-C while click was reading input
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        sys.exit(report.signal_exit_code(signal.SIGINT))
     except AgentError as exc:
         # printable: a message may quote outside text (an API body, a path); one line.
         click.echo(f"trackssl-agent: {printable(redact(str(exc)))}", err=True)
-        sys.exit(exc.exit_code)
-    except BrokenPipeError:
+        sys.exit(report.error_exit_code(exc))
+    except BrokenPipeError as exc:
         # The reader of stdout went away (``| head``): nothing left to say to anyone.
         sys.stderr.close()
-        sys.exit(ExitCode.CRITICAL)
+        sys.exit(report.error_exit_code(exc))
     except Exception as exc:
         # A bug, not a condition the agent knows: one line here, the traceback at debug level.
         get_logger(__name__).debug("unexpected error", exc_info=True)
@@ -437,5 +393,5 @@ def main(argv: Sequence[str] | None = None) -> None:
             "rerun with --log-level debug for the traceback and report it",
             err=True,
         )
-        sys.exit(ExitCode.CRITICAL)
-    sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(report.error_exit_code(exc))
+    sys.exit(code if isinstance(code, int) else report.ExitCode.OK)

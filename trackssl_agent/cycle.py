@@ -9,22 +9,25 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
+import sys
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from types import TracebackType
 
-from trackssl_agent import api, log
-from trackssl_agent.api import ApiClient, ApiSettings, AuthError, Domain, RejectedError
+from trackssl_agent import api, log, report
+from trackssl_agent.api import ApiClient, ApiSettings, AuthError, Domain
 from trackssl_agent.config import Config
-from trackssl_agent.errors import ApiError, StateDirError
+from trackssl_agent.delivery import INITIAL, Delivery
+from trackssl_agent.errors import StateDirError
 from trackssl_agent.lock import StateLock
-from trackssl_agent.outbox import Outbox, Record
-from trackssl_agent.probe import ProbeSettings, probe_many
+from trackssl_agent.outbox import JsonBytes, Outbox, Record
+from trackssl_agent.probe import Probes, ProbeSettings, probe_many, start_probes
 from trackssl_agent.report import ExitCode
 from trackssl_agent.results import ProbeResult, utc_iso
 from trackssl_agent.statedir import Folder, explain, open_folder
@@ -35,9 +38,11 @@ logger = log.get_logger(__name__)
 Progress = Callable[[int, int, int], None]
 """``progress(done, total, failed)`` after each probe."""
 
-POSTERS = 4
-"""Concurrent posts: enough to keep up with probing, gentle on the API."""
+POSTERS = INITIAL
+"""Concurrent posts at the start of a cycle; more while the API's latency calls for it."""
 _BATCH = 256
+_LINGER = 0.05
+"""Seconds a batch gathers results: a post waits at most this long for its write."""
 
 
 @dataclass(frozen=True)
@@ -104,158 +109,22 @@ def probe_settings(config: Config, *, family: socket.AddressFamily) -> ProbeSett
     return ProbeSettings(timeout=config.timeout, family=family, allow=config.allow)
 
 
-class _Delivery:
-    """Poster threads: FIFO, one post at a time per domain, stopping for good when the
-    API turns out to be down or the tokens wrong (the rest waits in the outbox).
-
-    The backlog of earlier cycles is delivered before any new result is posted, so the API
-    sees old results first even though several posts run at once."""
-
-    def __init__(
-        self, *, client: ApiClient, outbox: Outbox, workers: int, stop: threading.Event
-    ) -> None:
-        self._client = client
-        self._outbox = outbox
-        self._stop = stop
-        self._cond = threading.Condition()
-        self._queue: deque[Record] = deque()
-        self._in_flight: set[int] = set()
-        self._backlog: set[int] = set()
-        """``id()`` of backlog records not yet delivered or given up."""
-        self._closed = False
-        self.delivered = 0
-        self.rejected = 0
-        self.failure: ApiError | None = None
-        self._threads = [
-            threading.Thread(target=self._work, name=f"post-{n}", daemon=True)
-            for n in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def put(self, records: Sequence[Record], *, backlog: bool = False) -> None:
-        with self._cond:
-            self._queue.extend(records)
-            if backlog:
-                self._backlog.update(id(record) for record in records)
-            self._cond.notify_all()
-
-    def finish(self) -> None:
-        """No more records; wait until every queued post is done or given up."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join()
-
-    def _halted(self) -> bool:
-        return self.failure is not None or self._stop.is_set()
-
-    def _take(self) -> Record | None:
-        with self._cond:
-            while True:
-                if self._halted():
-                    return None
-                index = 0
-                while index < len(self._queue):
-                    record = self._queue[index]
-                    if not self._outbox.is_current(record):
-                        del self._queue[index]  # replaced by a newer result: skip it
-                        self._backlog.discard(id(record))
-                    elif self._backlog and id(record) not in self._backlog:
-                        index += 1  # new results wait until the backlog is through
-                    elif record.domain_id in self._in_flight:
-                        index += 1  # its older result is being posted: keep the order
-                    else:
-                        del self._queue[index]
-                        self._in_flight.add(record.domain_id)
-                        return record
-                if self._closed and not self._queue:
-                    return None
-                self._cond.wait(0.5)
-
-    def _work(self) -> None:
-        while (record := self._take()) is not None:
+def _batches(probes: Probes) -> Iterator[list[tuple[int, ProbeResult]]]:
+    """Block for one result, then gather more for up to ``_LINGER`` seconds (at most
+    ``_BATCH``): one outbox write, and so one fsync, per batch rather than per result."""
+    while (item := probes.get()) is not None:
+        batch = [item]
+        end = time.monotonic() + _LINGER
+        while len(batch) < _BATCH and (left := end - time.monotonic()) > 0:
             try:
-                self._client.post(record.payload)
-            except RejectedError as exc:
-                logger.warning("%s; dropped from the outbox", exc)
-                self._outbox.done(record)
-                with self._cond:
-                    self.rejected += 1
-            except ApiError as exc:
-                with self._cond:
-                    if self.failure is None:
-                        self.failure = exc
-                        kind = "rejected the tokens" if isinstance(exc, AuthError) else "failed"
-                        logger.error("delivery %s, the rest waits in the outbox: %s", kind, exc)
-            except Exception as exc:  # a bug must not lose the result: it stays queued
-                logger.exception("posting domain_id %d failed unexpectedly", record.domain_id)
-                with self._cond:
-                    if self.failure is None:
-                        self.failure = ApiError(f"unexpected error while posting: {exc}")
-            else:
-                self._outbox.done(record)
-                with self._cond:
-                    self.delivered += 1
-            finally:
-                with self._cond:
-                    self._in_flight.discard(record.domain_id)
-                    self._backlog.discard(id(record))
-                    self._cond.notify_all()
-
-
-def _probe_into(
-    targets: Sequence[Target],
-    settings: ProbeSettings,
-    *,
-    concurrency: int,
-    stop: threading.Event,
-    sink: queue.Queue[tuple[int, ProbeResult] | None],
-) -> None:
-    try:
-        for item in probe_many(targets, settings, concurrency=concurrency, stop=stop):
-            sink.put(item)
-    finally:
-        sink.put(None)
-
-
-def probe_stream(
-    targets: Sequence[Target],
-    settings: ProbeSettings,
-    *,
-    concurrency: int,
-    stop: threading.Event,
-) -> queue.Queue[tuple[int, ProbeResult] | None]:
-    """Probe in a background thread; results arrive on the queue, then a None."""
-    sink: queue.Queue[tuple[int, ProbeResult] | None] = queue.Queue()
-    threading.Thread(
-        target=_probe_into,
-        kwargs={
-            "targets": targets, "settings": settings, "concurrency": concurrency,
-            "stop": stop, "sink": sink,
-        },
-        name="probes",
-        daemon=True,
-    ).start()  # fmt: skip
-    return sink
-
-
-def _drain(
-    sink: queue.Queue[tuple[int, ProbeResult] | None],
-) -> tuple[list[tuple[int, ProbeResult]], bool]:
-    """Block for one result, then take whatever else is ready: one outbox write per batch."""
-    batch: list[tuple[int, ProbeResult]] = []
-    item = sink.get()
-    while item is not None:
-        batch.append(item)
-        if len(batch) >= _BATCH:
-            return batch, False
-        try:
-            item = sink.get_nowait()
-        except queue.Empty:
-            return batch, False
-    return batch, True
+                item = probes.get(timeout=left)
+            except queue.Empty:
+                break
+            if item is None:
+                yield batch
+                return
+            batch.append(item)
+        yield batch
 
 
 def probe_all(
@@ -267,20 +136,24 @@ def probe_all(
     progress: Progress | None = None,
 ) -> list[ProbeResult]:
     """Local mode: probe every target, results in input order (unfinished ones left out)."""
-    stop = stop or threading.Event()
     ordered: list[ProbeResult | None] = [None] * len(targets)
-    failed = done = 0
-    sink = probe_stream(targets, settings, concurrency=concurrency, stop=stop)
-    finished = False
-    while not finished:
-        batch, finished = _drain(sink)
-        for index, result in batch:
-            ordered[index] = result
-            done += 1
-            failed += 0 if result.ok else 1
-            if progress:
-                progress(done, len(targets), failed)
+    failed = 0
+    results = probe_many(targets, settings, concurrency=concurrency, stop=stop)
+    for done, (index, result) in enumerate(results, start=1):
+        ordered[index] = result
+        failed += 0 if result.ok else 1
+        if progress:
+            progress(done, len(targets), failed)
     return [r for r in ordered if r is not None]
+
+
+@dataclass
+class _Tally:
+    """What the consumer counted of this cycle's results."""
+
+    retrieved: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    kept: list[ProbeResult | None] = field(default_factory=list)
 
 
 def run_cycle(
@@ -298,8 +171,32 @@ def run_cycle(
     """One cycle; ``outbox=None`` is a dry run that posts nothing.
 
     Raises ApiError when the domain list cannot be fetched. Once ``stop`` is set no new
-    probe or post starts; what is undelivered stays in the outbox.
+    probe or post starts; what is undelivered stays in the outbox. The domain list, the
+    results and the payloads are unreachable once it returns, and the memory they took
+    goes back to the system.
     """
+    try:
+        return _cycle(
+            client=client, outbox=outbox, settings=settings, concurrency=concurrency,
+            stop=stop, progress=progress, keep_results=keep_results, posters=posters,
+            clock=clock,
+        )  # fmt: skip
+    finally:
+        release_memory()
+
+
+def _cycle(
+    *,
+    client: ApiClient,
+    outbox: Outbox | None,
+    settings: ProbeSettings,
+    concurrency: int,
+    stop: threading.Event,
+    progress: Progress | None,
+    keep_results: bool,
+    posters: int,
+    clock: Callable[[], float],
+) -> CycleReport:
     started = clock()
     domains, skipped = client.fetch_domains()
     for warning in skipped.lines():
@@ -308,82 +205,121 @@ def run_cycle(
     backlog = outbox.pending() if outbox is not None else []
     if backlog:
         logger.info("re-sending %d results left in the outbox by earlier cycles", len(backlog))
-    delivery = (
-        _Delivery(client=client, outbox=outbox, workers=posters, stop=stop)
-        if outbox is not None
-        else None
-    )
-    if delivery is not None:
+    backlog_count = len(backlog)
+    delivery: Delivery | None = None
+    if outbox is not None:
+        delivery = Delivery(client=client, outbox=outbox, stop=stop, initial=posters)
         delivery.put(backlog, backlog=True)
-    failed: Counter[str] = Counter()
-    retrieved = 0
-    kept: list[ProbeResult | None] = [None] * len(domains) if keep_results else []
-    sink = probe_stream([d.target for d in domains], settings, concurrency=concurrency, stop=stop)
-    finished = False
+    del backlog
+    tally = _Tally(kept=[None] * len(domains) if keep_results else [])
+    probes = start_probes([d.target for d in domains], settings, concurrency=concurrency, stop=stop)
     try:
-        while not finished:
-            batch, finished = _drain(sink)
-            records = [_record(domains[index], result) for index, result in batch]
-            if outbox is not None and delivery is not None:
-                outbox.add(records)
-                delivery.put(records)
-                outbox.commit()
-            for index, result in batch:
-                if result.ok:
-                    retrieved += 1
-                else:
-                    assert result.error is not None
-                    failed[result.error.kind.value] += 1
-                    logger.warning(
-                        "%s (domain_id %d) failed: %s",
-                        result.target.text,
-                        domains[index].domain_id,
-                        result.error,
-                        extra={"fields": {"event": "target_failed", "kind": result.error.kind}},
-                    )
-                if keep_results:
-                    kept[index] = result
-                if progress:
-                    progress(retrieved + sum(failed.values()), len(domains), sum(failed.values()))
+        for batch in _batches(probes):
+            _consume(batch, domains, outbox, delivery, tally)
+            if progress:
+                failed = sum(tally.failed.values())
+                progress(tally.retrieved + failed, len(domains), failed)
     finally:
+        probes.halt()
         if delivery is not None:
             delivery.finish()
         if outbox is not None:
             outbox.close()
+    return _report(
+        domains=len(domains), skipped=skipped.count, backlog=backlog_count, tally=tally,
+        outbox=outbox, delivery=delivery, elapsed=clock() - started,
+    )  # fmt: skip
+
+
+def _consume(
+    batch: list[tuple[int, ProbeResult]],
+    domains: Sequence[Domain],
+    outbox: Outbox | None,
+    delivery: Delivery | None,
+    tally: _Tally,
+) -> None:
+    """One batch of results: stored (one write), handed to the posters, counted."""
+    if outbox is not None and delivery is not None:
+        queued_at = utc_iso(datetime.now(UTC))
+        records = [
+            Record(domains[i].domain_id, JsonBytes(api.payload_body(domains[i], r)), queued_at)
+            for i, r in batch
+        ]
+        outbox.add(records)
+        delivery.put(records)
+        outbox.commit()
+    for index, result in batch:
+        if result.error is None:
+            tally.retrieved += 1
+        else:
+            tally.failed[result.error.kind.value] += 1
+            logger.warning(
+                "%s (domain_id %d) failed: %s",
+                result.target.text,
+                domains[index].domain_id,
+                result.error,
+                extra={"fields": {"event": "target_failed", "kind": result.error.kind}},
+            )
+        if tally.kept:
+            tally.kept[index] = result
+
+
+def _report(
+    *,
+    domains: int,
+    skipped: int,
+    backlog: int,
+    tally: _Tally,
+    outbox: Outbox | None,
+    delivery: Delivery | None,
+    elapsed: float,
+) -> CycleReport:
     unsaved = outbox.unsaved() if outbox is not None else 0
     queued = len(outbox) - unsaved if outbox is not None else 0
     state_problem = outbox.problem if outbox is not None else None
     problem = str(delivery.failure) if delivery is not None and delivery.failure else None
-    if delivery is not None and isinstance(delivery.failure, AuthError):
-        code = ExitCode.CRITICAL
-    else:  # state_problem: durability was lost, whether or not all was delivered
-        waits = queued or unsaved or state_problem or (delivery and delivery.rejected)
-        code = ExitCode.WARNING if waits else ExitCode.OK
-    report = CycleReport(
-        domains=len(domains),
-        skipped=skipped.count,
-        retrieved=retrieved,
-        failed=dict(failed),
+    # state_problem: durability was lost, whether or not all was delivered
+    code = report.cycle_exit_code(
+        auth_failed=delivery is not None and isinstance(delivery.failure, AuthError),
+        waits=bool(queued or unsaved or state_problem or (delivery and delivery.rejected)),
+    )
+    return CycleReport(
+        domains=domains,
+        skipped=skipped,
+        retrieved=tally.retrieved,
+        failed=dict(tally.failed),
         delivered=delivery.delivered if delivery is not None else 0,
         queued=queued,
         rejected=delivery.rejected if delivery is not None else 0,
-        backlog=len(backlog),
-        elapsed_s=clock() - started,
+        backlog=backlog,
+        elapsed_s=elapsed,
         exit_code=code,
         problem=problem,
         state_problem=state_problem,
         unsaved=unsaved,
-        results=tuple(r for r in kept if r is not None),
+        results=tuple(r for r in tally.kept if r is not None),
     )
-    return report
 
 
-def _record(domain: Domain, result: ProbeResult) -> Record:
-    return Record(
-        domain.domain_id,
-        api.payload(domain, result),
-        utc_iso(datetime.now(UTC)),
-    )
+def release_memory() -> None:
+    """Give the memory a finished cycle freed back to the system (glibc keeps it otherwise,
+    and ``run`` would sit at its peak between cycles)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes  # noqa: PLC0415 - only where it can help
+
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return None
+    return trim
 
 
 OUTBOX_NAME = "outbox"

@@ -1,39 +1,51 @@
-"""The agent's error hierarchy: each error carries the exit code it ends the process with."""
+"""The agent's error hierarchy and the process exit codes: each error kind declares the code
+it ends the process with; ``report`` decides every other code and is the one place that
+turns any outcome (an error included) into the process's exit status."""
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The process exit codes, the same for every command (SPEC section 2, Nagios style)."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    USAGE = 3
+    """Nothing was probed or posted: the input must change."""
 
 
 class AgentError(Exception):
     """An error that ends a command with a one-line message and an exit code."""
 
-    exit_code = 2
+    exit_code = ExitCode.CRITICAL
 
 
 class UsageError(AgentError):
     """Bad command-line input (a target, an option value); nothing was probed."""
 
-    exit_code = 3
+    exit_code = ExitCode.USAGE
 
 
 class ConfigError(AgentError):
     """Bad configuration (file, environment or option); nothing was probed."""
 
-    exit_code = 3
+    exit_code = ExitCode.USAGE
 
 
 class LockError(AgentError):
     """Another agent holds the state-dir lock."""
 
-    exit_code = 3
+    exit_code = ExitCode.USAGE
 
 
 class ApiError(AgentError):
     """The cycle failed: the TrackSSL API could not be reached or rejected the tokens."""
 
-    exit_code = 2
+    exit_code = ExitCode.CRITICAL
 
 
 class StateDirError(ConfigError):
     """The state dir is not safe: another user could plant files there for the agent."""
-
-    exit_code = 3

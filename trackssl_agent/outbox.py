@@ -30,7 +30,7 @@ import re
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,17 +54,57 @@ _WARNINGS = 10
 """Damaged segments named one by one; the rest are counted in one more line."""
 
 
+class JsonBytes(Mapping[str, Any]):
+    """A JSON object kept as the bytes ``json.dumps`` made of it: the post body the cycle
+    built once, posted and stored as it is. Reading it as a mapping parses it each time
+    (only tests and rare paths do)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def _value(self) -> dict[str, Any]:
+        value = json.loads(self.raw)
+        return value if isinstance(value, dict) else {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._value()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+
 @dataclass(frozen=True)
 class Record:
     """One undelivered result: the post body of SPEC section 5 and when it was queued."""
 
     domain_id: int
     payload: Mapping[str, Any]
+    """The post body: ``JsonBytes`` as the cycle built it, or what a segment held."""
     queued_at: str
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
         return {"domain_id": self.domain_id, "queued_at": self.queued_at, "payload": self.payload}
+
+    def data(self) -> bytes:
+        """The post body's bytes."""
+        if isinstance(self.payload, JsonBytes):
+            return self.payload.raw
+        return json.dumps(self.payload, separators=(",", ":")).encode()
+
+    def line(self) -> bytes:
+        """The stored form as one line of a segment (no newline)."""
+        if isinstance(self.payload, JsonBytes):
+            # Bytes from json.dumps: ASCII without a raw newline, so one line as they are.
+            return b'{"domain_id":%d,"queued_at":%b,"payload":%b}' % (
+                self.domain_id, json.dumps(self.queued_at).encode(), self.payload.raw,
+            )  # fmt: skip
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
     @staticmethod
     def from_json(value: Any) -> Record:
@@ -82,9 +122,9 @@ class Record:
 
 def encode(records: Iterable[Record]) -> bytes:
     """A segment's bytes: a header line, then one record per line (JSON escapes newlines)."""
-    lines = [json.dumps({"version": _VERSION}, separators=(",", ":"))]
-    lines.extend(json.dumps(r.to_json(), separators=(",", ":")) for r in records)
-    return ("\n".join(lines) + "\n").encode()
+    lines = [json.dumps({"version": _VERSION}, separators=(",", ":")).encode()]
+    lines.extend(r.line() for r in records)
+    return b"\n".join(lines) + b"\n"
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Rendering results: the JSON of SPEC section 4, the human summary, and PEM.
+"""Rendering results: the JSON of SPEC section 4, the readable text, and PEM.
 
-The human summary shows text from outside (certificate names and SANs, server words in
+The readable text shows text from outside (certificate names and SANs, server words in
 errors) only through ``log.printable``: a CR, LF or ESC there must not rewrite the screen.
 """
 
@@ -19,36 +19,36 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else utc_iso(value)
 
 
-def warning_text(result: ProbeResult, summary: CertSummary | None) -> str | None:
+def warning_text(result: ProbeResult, leaf: CertSummary | None) -> str | None:
     """All warnings of a result (handshake and parsing) as one string, or None."""
-    notes = list(result.warnings) + list(summary.warnings if summary else ())
+    notes = list(result.warnings) + list(leaf.warnings if leaf else ())
     return "; ".join(notes) if notes else None
 
 
-def summary_of(result: ProbeResult) -> CertSummary | None:
-    """The leaf summary, or None when nothing was retrieved."""
+def leaf_summary(result: ProbeResult) -> CertSummary | None:
+    """The leaf certificate's CertSummary, or None when nothing was retrieved."""
     return certificates.summarize(result.chain[0]) if result.chain else None
 
 
-def _certificate_json(summary: CertSummary, now: datetime) -> dict[str, Any]:
+def _certificate_json(leaf: CertSummary, now: datetime) -> dict[str, Any]:
     return {
-        "subject": summary.subject,
-        "issuer": summary.issuer,
-        "serial": summary.serial,
-        "sha256": summary.sha256,
-        "not_before": iso(summary.not_before),
-        "not_after": iso(summary.not_after),
-        "days_remaining": summary.days_remaining(now),
-        "sans": list(summary.sans) if summary.sans is not None else None,
-        "key": summary.key,
-        "signature_algorithm": summary.signature_algorithm,
-        "self_signed": summary.self_signed,
+        "subject": leaf.subject,
+        "issuer": leaf.issuer,
+        "serial": leaf.serial,
+        "sha256": leaf.sha256,
+        "not_before": iso(leaf.not_before),
+        "not_after": iso(leaf.not_after),
+        "days_remaining": leaf.days_remaining(now),
+        "sans": list(leaf.sans) if leaf.sans is not None else None,
+        "key": leaf.key,
+        "signature_algorithm": leaf.signature_algorithm,
+        "self_signed": leaf.self_signed,
     }
 
 
 def result_json(result: ProbeResult, now: datetime) -> dict[str, Any]:
     """One object of SPEC section 4, plus ``warning`` (null when there is none)."""
-    summary = summary_of(result)
+    leaf = leaf_summary(result)
     target = result.target
     return {
         "target": target.text,
@@ -66,9 +66,9 @@ def result_json(result: ProbeResult, now: datetime) -> dict[str, Any]:
         "tls_version": result.tls_version,
         "cipher": result.cipher,
         "chain": [certificates.to_pem(der) for der in result.chain] if result.ok else [],
-        "certificate": _certificate_json(summary, now) if summary and result.ok else None,
+        "certificate": _certificate_json(leaf, now) if leaf and result.ok else None,
         "elapsed_ms": round(result.elapsed_ms, 1),
-        "warning": warning_text(result, summary),
+        "warning": warning_text(result, leaf),
     }
 
 
@@ -78,23 +78,21 @@ def render_pem(result: ProbeResult) -> str:
 
 
 def _chain_line(der: bytes) -> str:
-    summary = certificates.summarize(der)
-    return printable(f"{summary.subject or '?'}  (issued by {summary.issuer or '?'})")
+    cert = certificates.summarize(der)
+    return printable(f"{cert.subject or '?'}  (issued by {cert.issuer or '?'})")
 
 
 def render_text(result: ProbeResult, now: datetime) -> str:
-    """A readable multi-line summary of one result."""
+    """One result as readable lines: the leaf certificate's fields and the chain."""
     target = result.target
-    if not result.ok:
-        assert result.error is not None
-        return (
-            printable(f"{target.text}  FAILED  {result.error}  ({result.elapsed_ms:.0f} ms)") + "\n"
-        )
-    summary = summary_of(result)
-    assert summary is not None
+    leaf = leaf_summary(result)
+    if not result.ok or leaf is None:
+        # ok means a chain was retrieved, so no leaf comes only with an error to show.
+        error = result.error or "no certificate was retrieved"
+        return printable(f"{target.text}  FAILED  {error}  ({result.elapsed_ms:.0f} ms)") + "\n"
     via = f"STARTTLS {target.starttls.value}, " if target.starttls else ""
     sni = f"SNI {result.servername}" if result.servername else "no SNI"
-    days = summary.days_remaining(now)
+    days = leaf.days_remaining(now)
     left = (
         "unknown"
         if days is None
@@ -104,19 +102,19 @@ def render_text(result: ProbeResult, now: datetime) -> str:
         f"{target.text}  OK  ({result.elapsed_ms:.0f} ms)",
         f"  address     {result.address} ({sni})",
         f"  protocol    {via}{result.tls_version or '?'} {result.cipher or ''}".rstrip(),
-        f"  subject     {printable(str(summary.subject))}",
-        f"  SANs        {printable(', '.join(summary.sans)) if summary.sans else '-'}",
-        f"  issuer      {printable(str(summary.issuer))}",
-        f"  valid       {iso(summary.not_before)} -> {iso(summary.not_after)} ({left})",
-        f"  key         {summary.key}, {summary.signature_algorithm}"
-        + (", self-signed" if summary.self_signed else ""),
-        f"  serial      {summary.serial}",
-        f"  sha256      {summary.sha256}",
+        f"  subject     {printable(str(leaf.subject))}",
+        f"  SANs        {printable(', '.join(leaf.sans)) if leaf.sans else '-'}",
+        f"  issuer      {printable(str(leaf.issuer))}",
+        f"  valid       {iso(leaf.not_before)} -> {iso(leaf.not_after)} ({left})",
+        f"  key         {leaf.key}, {leaf.signature_algorithm}"
+        + (", self-signed" if leaf.self_signed else ""),
+        f"  serial      {leaf.serial}",
+        f"  sha256      {leaf.sha256}",
     ]
     for index, der in enumerate(result.chain, start=1):
         label = "chain" if index == 1 else ""
         lines.append(f"  {label:<10}  {index}. {_chain_line(der)}")
-    warning = warning_text(result, summary)
+    warning = warning_text(result, leaf)
     if warning:
         lines.append(f"  warning     {printable(warning)}")
     return "\n".join(lines) + "\n"

@@ -8,39 +8,38 @@ even when the handshake fails, which a MemoryBIO handshake driven by hand makes 
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import re
+import queue
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from trackssl_agent import starttls, tls_records
+from trackssl_agent import starttls
+from trackssl_agent.errors import UsageError
+from trackssl_agent.handshake import HandshakeFailure, NotTls, handshake, handshake_reason
 from trackssl_agent.results import ErrorKind, ProbeError, ProbeResult
+from trackssl_agent.settings import DEFAULT_TIMEOUT
 from trackssl_agent.targets import Target
-from trackssl_agent.transport import Conn, Deadline, DialogueError, RecordIO, printable
+from trackssl_agent.transport import Conn, Deadline, DialogueError, RecordIO
 
 AddrInfo = tuple[Any, ...]
 Allow = Callable[[Target, str], bool]
 
 _OP_LEGACY_SERVER_CONNECT = 0x4  # named in ssl only from Python 3.12
-_ENCODING_DER = 2  # _ssl.ENCODING_DER, not re-exported by ssl on 3.11
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
-_TLS_RECORD_TYPES = {0x14, 0x15, 0x16, 0x17}
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """How to probe: the same for every target of one command."""
 
-    timeout: float = 10.0
+    timeout: float = DEFAULT_TIMEOUT
     """One deadline per target for DNS, connect, STARTTLS and handshake."""
     family: socket.AddressFamily = socket.AF_UNSPEC
     """AF_INET for ``-4``, AF_INET6 for ``-6``."""
@@ -48,6 +47,17 @@ class ProbeSettings:
     """SNI override (``--servername``); None sends the host name, or nothing for IPs."""
     allow: Allow | None = None
     """Decides per resolved address whether the target may be contacted."""
+
+
+def address_family(*, ipv4: bool, ipv6: bool) -> socket.AddressFamily:
+    """The socket family for ``-4`` / ``-6``."""
+    if ipv4 and ipv6:
+        raise UsageError("-4 and -6 exclude each other")
+    if ipv4:
+        return socket.AF_INET
+    if ipv6:
+        return socket.AF_INET6
+    return socket.AF_UNSPEC
 
 
 class _Failure(Exception):
@@ -123,138 +133,8 @@ def _connect(addresses: list[AddrInfo], deadline: Deadline) -> tuple[socket.sock
             last = exc
             continue
         return sock, str(sockaddr[0])
-    assert last is not None
-    raise last
-
-
-@dataclass(frozen=True)
-class _Handshake:
-    chain: tuple[bytes, ...]
-    version: str | None
-    cipher: str | None
-    warning: str | None
-
-
-def presented_chain(tls: ssl.SSLObject) -> tuple[bytes, ...]:
-    """Every certificate the server sent, leaf first, as DER; works after a failed handshake."""
-    public = getattr(tls, "get_unverified_chain", None)
-    if public is not None:  # Python 3.13+: a list of DER bytes
-        return tuple(bytes(der) for der in (public() or []))
-    inner = tls._sslobj  # type: ignore[attr-defined]
-    chain = inner.get_unverified_chain() if inner is not None else None
-    return tuple(cert.public_bytes(_ENCODING_DER) for cert in (chain or []))
-
-
-def _flush(outgoing: ssl.MemoryBIO, io: RecordIO) -> None:
-    data = outgoing.read()
-    if data:
-        io.send(data)
-
-
-MAX_HANDSHAKE = 1024 * 1024
-"""What the server may send before the handshake completes; a real one sends well under
-the 100 KiB certificate list OpenSSL accepts. Bounds endless records OpenSSL would skip
-(HelloRequest during the handshake) and the CPU they cost."""
-
-_KEPT = 256 * 1024
-"""The first bytes of the server's answer kept for reading its Certificate message."""
-
-
-class HandshakeFailure(Exception):
-    """The handshake failed in a way OpenSSL's own reason would not explain."""
-
-
-class _Flooded(Exception):
-    """More than MAX_HANDSHAKE bytes arrived without the handshake completing."""
-
-
-def handshake(io: RecordIO, context: ssl.SSLContext, servername: str | None) -> _Handshake:
-    """Drive a client handshake over ``io`` by hand so the chain survives a failure.
-
-    The server's bytes are also kept (references to what was received, up to ``_KEPT``):
-    when OpenSSL cannot decode the certificates, the Certificate message sent in the clear
-    under TLS 1.2 and older still gives the chain.
-    """
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=servername)
-    received: list[bytes] = []
-    total = 0
-    try:
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                _flush(outgoing, io)
-                data = io.recv()
-                if not data:
-                    incoming.write_eof()
-                    continue
-                if total < _KEPT:
-                    received.append(data)
-                total += len(data)
-                if total > MAX_HANDSHAKE:
-                    raise _Flooded from None
-                incoming.write(data)
-        # The client Finished of TLS 1.3 belongs to the handshake; nothing is sent after it.
-        with contextlib.suppress(OSError):
-            _flush(outgoing, io)
-        cipher = tls.cipher()
-        return _Handshake(presented_chain(tls), tls.version(), cipher[0] if cipher else None, None)
-    except (OSError, ssl.SSLError, _Flooded) as exc:
-        return _after_failure(exc, tls, b"".join(received))
-
-
-def _after_failure(exc: BaseException, tls: ssl.SSLObject, received: bytes) -> _Handshake:
-    """The chain of a failed handshake if any was presented, else a classified error."""
-    reason = _handshake_reason(exc)
-    chain = presented_chain(tls)
-    if chain:
-        return _Handshake(
-            chain, tls.version(), None, f"the handshake broke off after the certificates: {reason}"
-        )
-    flight = tls_records.read_server_flight(received)
-    if flight.chain:
-        return _Handshake(
-            flight.chain,
-            flight.version,
-            None,
-            f"the handshake failed ({reason}); the chain was read from the Certificate "
-            "message the server sent in the clear",
-        )
-    if received and received[0] not in _TLS_RECORD_TYPES:
-        raise _Failure(
-            ErrorKind.NOT_TLS,
-            f"the server answered the TLS ClientHello in plaintext ({printable(received, 60)!r}); "
-            "it may need STARTTLS (--starttls) or speak another protocol on this port",
-        ) from exc
-    if flight.version == "TLSv1.3" and isinstance(exc, ssl.SSLError) and "asn1" in str(exc).lower():
-        raise HandshakeFailure(
-            f"the server's certificate could not be decoded ({reason}); under TLS 1.3 it is "
-            "sent encrypted, so no chain can be reported: check the certificate on the server"
-        ) from exc
-    if isinstance(exc, _Flooded):
-        raise HandshakeFailure(
-            f"the server sent more than {MAX_HANDSHAKE // 1024} KiB without completing the "
-            "handshake"
-        ) from exc
-    raise exc
-
-
-_SSL_NOISE = re.compile(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)$")
-
-
-def _handshake_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    if isinstance(exc, ssl.SSLError) and len(exc.args) > 1:
-        # Common reasons (``ASN1 lib``) carry no reason code: "[SSL] ASN1 lib (_ssl.c:1006)".
-        return _SSL_NOISE.sub("", str(exc.args[1])).lower() or "unknown reason"
-    if isinstance(exc, TimeoutError):
-        return "no reply before the deadline"
-    if isinstance(exc, _Flooded):
-        return f"the server sent more than {MAX_HANDSHAKE // 1024} KiB"
-    return str(exc) or type(exc).__name__
+    # getaddrinfo never returns an empty list, but a refused or filtered list may be.
+    raise last or OSError(errno.EADDRNOTAVAIL, "no address to connect to")
 
 
 def classify(exc: BaseException, stage: str, target: Target) -> ProbeError:
@@ -264,6 +144,8 @@ def classify(exc: BaseException, stage: str, target: Target) -> ProbeError:
         return exc.error
     if isinstance(exc, DialogueError):
         return ProbeError(ErrorKind.STARTTLS, f"{where}: {exc}")
+    if isinstance(exc, NotTls):
+        return ProbeError(ErrorKind.NOT_TLS, str(exc))
     if isinstance(exc, HandshakeFailure):
         return ProbeError(ErrorKind.HANDSHAKE, f"{where}: TLS handshake failed: {exc}")
     if isinstance(exc, socket.gaierror):
@@ -291,7 +173,7 @@ def classify(exc: BaseException, stage: str, target: Target) -> ProbeError:
         )
     if isinstance(exc, ssl.SSLError):
         return ProbeError(
-            ErrorKind.HANDSHAKE, f"{where}: TLS handshake failed: {_handshake_reason(exc)}"
+            ErrorKind.HANDSHAKE, f"{where}: TLS handshake failed: {handshake_reason(exc)}"
         )
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
         return ProbeError(
@@ -366,28 +248,76 @@ def probe_many(
 ) -> Iterator[tuple[int, ProbeResult]]:
     """Probe targets concurrently; yield ``(input index, result)`` as each completes.
 
-    At most ``concurrency`` probes are in flight and nothing is kept for finished ones, so
-    memory does not grow with the number of targets. Once ``stop`` is set no new probe
-    starts; those in flight end by their deadline.
+    ``concurrency`` worker threads take targets from one iterator and put results on one
+    queue: nothing is kept for finished ones, so memory does not grow with the number of
+    targets. Once ``stop`` is set (or the caller stops iterating) no new probe starts;
+    those in flight end by their deadline.
     """
+    results = start_probes(targets, settings, concurrency=concurrency, stop=stop)
+    try:
+        while (item := results.get()) is not None:
+            yield item
+    finally:
+        results.halt()
+
+
+class Probes:
+    """The results of running probes, in completion order, then one None."""
+
+    def __init__(self, halt: threading.Event) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, ProbeResult] | None] = queue.SimpleQueue()
+        self._halt = halt
+        self.put = self._queue.put
+
+    def get(self, timeout: float | None = None) -> tuple[int, ProbeResult] | None:
+        """The next result, waiting; None once all are done. ``queue.Empty`` after
+        ``timeout`` seconds."""
+        return self._queue.get(timeout=timeout)
+
+    def get_nowait(self) -> tuple[int, ProbeResult] | None:
+        """The next result if one is ready; ``queue.Empty`` if none is."""
+        return self._queue.get_nowait()
+
+    def halt(self) -> None:
+        """Start no new probe."""
+        self._halt.set()
+
+
+def start_probes(
+    targets: Iterable[Target],
+    settings: ProbeSettings,
+    *,
+    concurrency: int = 64,
+    stop: threading.Event | None = None,
+) -> Probes:
+    """Start ``concurrency`` worker threads over ``targets``; their results arrive in the
+    returned Probes, then a None once the last worker is done."""
     context = client_context()
-    pending: set[Future[tuple[int, ProbeResult]]] = set()
+    halt = threading.Event()
+    probes = Probes(halt)
+    source = enumerate(targets)
+    lock = threading.Lock()
+    workers = max(1, concurrency)
+    if isinstance(targets, Sized):
+        workers = max(1, min(workers, len(targets)))
+    running = [workers]
 
-    def run(index: int, target: Target) -> tuple[int, ProbeResult]:
-        return index, probe(target, settings, context=context)
-
-    source = iter(enumerate(targets))
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="probe") as pool:
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < concurrency and not (stop and stop.is_set()):
-                item = next(source, None)
+    def work() -> None:
+        try:
+            while not halt.is_set() and not (stop is not None and stop.is_set()):
+                with lock:
+                    item = next(source, None)
                 if item is None:
-                    exhausted = True
                     break
-                pending.add(pool.submit(run, *item))
-            if not pending:
-                return
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+                index, target = item
+                probes.put((index, probe(target, settings, context=context)))
+        finally:
+            with lock:
+                running[0] -= 1
+                last = running[0] == 0
+            if last:
+                probes.put(None)
+
+    for number in range(workers):
+        threading.Thread(target=work, name=f"probe-{number}", daemon=True).start()
+    return probes

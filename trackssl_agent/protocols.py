@@ -1,72 +1,83 @@
-"""The STARTTLS protocol names and the tables that pick one: schemes and well-known ports."""
+"""The STARTTLS protocol table: each protocol with its well-known ports, the URL schemes that
+pick it and its dialogue, in one row; the scheme and port tables are derived from it.
+
+Adding a protocol is adding a member here (its dialogue in ``starttls`` or
+``starttls_binary``) plus a test against a real server: a member cannot be declared
+without a port, a scheme and a dialogue.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from trackssl_agent import starttls, starttls_binary
+from trackssl_agent.starttls import Dialogue
 
 
 class Protocol(StrEnum):
-    """A plaintext dialogue that leads to TLS on the same connection."""
+    """A plaintext dialogue that leads to TLS on the same connection.
 
-    SMTP = "smtp"
-    LMTP = "lmtp"
-    IMAP = "imap"
-    POP3 = "pop3"
-    FTP = "ftp"
-    LDAP = "ldap"
-    XMPP = "xmpp"
-    XMPP_SERVER = "xmpp-server"
-    NNTP = "nntp"
-    SIEVE = "sieve"
-    POSTGRES = "postgres"
-    MYSQL = "mysql"
-    RDP = "rdp"
-    MSSQL = "mssql"
+    Each member is ``name, well-known ports (the first is its scheme's default), dialogue``,
+    plus other schemes when the protocol has more than the one named like it.
+    """
 
+    _value_: str
+    ports: tuple[int, ...]
+    """Plaintext ports that select this dialogue under ``--starttls auto`` (SPEC section 2)."""
+    schemes: Mapping[str, int]
+    """URL schemes that select this dialogue, each with its default port."""
+    dialogue: Dialogue
+
+    def __new__(cls, value: str, *row: Any) -> Protocol:
+        # ``*row`` rather than named parameters: mypy would then demand them of the lookup
+        # ``Protocol("smtp")`` too, which Enum routes elsewhere. A member without ports or a
+        # dialogue fails here, when the module is imported.
+        if len(row) not in {2, 3} or not row[0] or not callable(row[1]):
+            raise TypeError(f"protocol {value}: expected (ports, dialogue[, schemes])")
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.ports = tuple(row[0])
+        member.dialogue = row[1]
+        member.schemes = MappingProxyType(dict(row[2] if len(row) == 3 else {value: row[0][0]}))
+        return member
+
+    SMTP = "smtp", (25, 587), starttls.smtp, {"smtp": 25, "submission": 587}
+    LMTP = "lmtp", (24,), starttls.lmtp
+    IMAP = "imap", (143,), starttls.imap
+    POP3 = "pop3", (110,), starttls.pop3
+    FTP = "ftp", (21,), starttls.ftp
+    LDAP = "ldap", (389,), starttls_binary.ldap
+    XMPP = "xmpp", (5222,), starttls.xmpp
+    XMPP_SERVER = "xmpp-server", (5269,), starttls.xmpp_server
+    NNTP = "nntp", (119,), starttls.nntp
+    SIEVE = "sieve", (4190,), starttls.sieve
+    POSTGRES = "postgres", (5432,), starttls_binary.postgres
+    MYSQL = "mysql", (3306,), starttls_binary.mysql
+    RDP = "rdp", (3389,), starttls_binary.rdp
+    MSSQL = "mssql", (1433,), starttls_binary.mssql
+
+
+DIRECT_SCHEMES: dict[str, int | None] = {
+    "https": 443,
+    "ldaps": 636,
+    "imaps": 993,
+    "pop3s": 995,
+    "smtps": 465,
+    "tls": None,  # no default: the port must be given
+}
+"""Schemes of direct TLS (no dialogue), each with its default port."""
 
 # scheme -> (STARTTLS protocol or None for direct TLS, default port or None when it has none)
 SCHEMES: dict[str, tuple[Protocol | None, int | None]] = {
-    "https": (None, 443),
-    "ldaps": (None, 636),
-    "imaps": (None, 993),
-    "pop3s": (None, 995),
-    "smtps": (None, 465),
-    "tls": (None, None),
-    "smtp": (Protocol.SMTP, 25),
-    "submission": (Protocol.SMTP, 587),
-    "lmtp": (Protocol.LMTP, 24),
-    "imap": (Protocol.IMAP, 143),
-    "pop3": (Protocol.POP3, 110),
-    "ftp": (Protocol.FTP, 21),
-    "ldap": (Protocol.LDAP, 389),
-    "xmpp": (Protocol.XMPP, 5222),
-    "xmpp-server": (Protocol.XMPP_SERVER, 5269),
-    "nntp": (Protocol.NNTP, 119),
-    "sieve": (Protocol.SIEVE, 4190),
-    "postgres": (Protocol.POSTGRES, 5432),
-    "mysql": (Protocol.MYSQL, 3306),
-    "rdp": (Protocol.RDP, 3389),
-    "mssql": (Protocol.MSSQL, 1433),
+    **{scheme: (None, port) for scheme, port in DIRECT_SCHEMES.items()},
+    **{scheme: (p, port) for p in Protocol for scheme, port in p.schemes.items()},
 }
 
 # Well-known plaintext ports; every other port is direct TLS (SPEC section 2, STARTTLS).
-PORTS: dict[int, Protocol] = {
-    21: Protocol.FTP,
-    24: Protocol.LMTP,
-    25: Protocol.SMTP,
-    587: Protocol.SMTP,
-    110: Protocol.POP3,
-    119: Protocol.NNTP,
-    143: Protocol.IMAP,
-    389: Protocol.LDAP,
-    1433: Protocol.MSSQL,
-    3306: Protocol.MYSQL,
-    3389: Protocol.RDP,
-    4190: Protocol.SIEVE,
-    5222: Protocol.XMPP,
-    5269: Protocol.XMPP_SERVER,
-    5432: Protocol.POSTGRES,
-}
+PORTS: dict[int, Protocol] = {port: p for p in Protocol for port in p.ports}
 
 AUTO = "auto"
 NONE = "none"

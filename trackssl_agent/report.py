@@ -1,31 +1,33 @@
-"""Expiry thresholds and exit codes over a batch of results (SPEC section 2, Nagios style)."""
+"""The exit-code authority (SPEC section 2, Nagios style): every exit status of the process
+is decided here, from facts the rest of the agent reports: probe results against the
+expiry thresholds, a cycle's delivery facts, an error, a signal."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from enum import IntEnum
 
 from trackssl_agent import certificates
+from trackssl_agent.errors import AgentError, ExitCode
 from trackssl_agent.results import ProbeResult
 
+__all__ = [
+    "ExitCode", "Thresholds", "cycle_exit_code", "error_exit_code", "probe_exit_code",
+    "result_status", "signal_exit_code",
+]  # fmt: skip
 
-class ExitCode(IntEnum):
-    """The process exit codes, the same for every command."""
 
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    USAGE = 3
+_SIGNAL_BASE = 128
+"""Shell convention: a process ended by signal N exits 128 + N."""
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """``--warn-days`` and ``--crit-days``."""
+    """``--warn-days`` and ``--crit-days``; their defaults live in the settings table."""
 
-    warn_days: int = 30
-    crit_days: int = 7
+    warn_days: int
+    crit_days: int
 
 
 def result_status(result: ProbeResult, thresholds: Thresholds, now: datetime) -> ExitCode:
@@ -52,3 +54,22 @@ def probe_exit_code(
 ) -> ExitCode:
     """The worst status over all results (OK for none)."""
     return max((result_status(r, thresholds, now) for r in results), default=ExitCode.OK)
+
+
+def cycle_exit_code(*, auth_failed: bool, waits: bool) -> ExitCode:
+    """A cycle's code: CRITICAL when the API refused the tokens; WARNING when a result is
+    not delivered (queued, not stored, rejected) or the state dir lost durability."""
+    if auth_failed:
+        return ExitCode.CRITICAL
+    return ExitCode.WARNING if waits else ExitCode.OK
+
+
+def error_exit_code(exc: BaseException) -> ExitCode:
+    """The code an error ends the process with: the one its kind declares for the agent's
+    own errors (``errors``); CRITICAL for anything else (a closed stdout, a bug)."""
+    return exc.exit_code if isinstance(exc, AgentError) else ExitCode.CRITICAL
+
+
+def signal_exit_code(signum: int) -> int:
+    """The code of an immediate exit on signal ``signum`` (130 for SIGINT, 143 for SIGTERM)."""
+    return _SIGNAL_BASE + signum

@@ -28,6 +28,7 @@ from contextlib import contextmanager, suppress
 from types import FrameType
 
 from trackssl_agent.log import LOGGER_NAME, get_logger
+from trackssl_agent.report import signal_exit_code
 
 logger = get_logger(__name__)
 
@@ -169,7 +170,7 @@ class _Watcher:
                 extra={"fields": {"event": "exit_now", "signal": name}},
             )
             _flush_logs()
-            self.exit_now(128 + signum)
+            self.exit_now(signal_exit_code(signum))
 
     def close(self) -> None:
         """End the thread and free the socket pair."""
@@ -190,7 +191,7 @@ def stopping_on_signals(
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[None]:
     """While inside, a stop signal sets ``stop``; one ``second_after`` seconds or more after
-    the first calls ``exit_now(128 + signum)``.
+    the first calls ``exit_now(report.signal_exit_code(signum))`` (128 + signum).
 
     The immediate exit skips nothing that matters: results enter the outbox before their
     post is attempted, and a lock left by a dead process is taken over. On leaving after a

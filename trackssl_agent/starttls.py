@@ -1,4 +1,4 @@
-"""STARTTLS and pre-TLS dialogues: one small function per protocol, and the registry.
+"""STARTTLS and pre-TLS dialogues: one small function (or CodedDialogue) per protocol.
 
 Each dialogue waits for every server reply before its next command and raises
 DialogueError with the server's own words when STARTTLS is refused or not offered.
@@ -13,10 +13,12 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from trackssl_agent import starttls_binary
-from trackssl_agent.protocols import Protocol
 from trackssl_agent.transport import Conn, DialogueError, RecordIO, printable
+
+if TYPE_CHECKING:  # protocols imports this module for its dialogues
+    from trackssl_agent.protocols import Protocol
 
 Dialogue = Callable[[Conn, str], RecordIO]
 
@@ -228,33 +230,22 @@ def _xml_attr(value: str) -> str:
     return value.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
 
 
-DIALOGUES: dict[Protocol, Dialogue] = {
-    # RFC 3207: EHLO before STARTTLS; LMTP (RFC 2033) is the same with LHLO.
-    Protocol.SMTP: CodedDialogue(greeting=(220,), hello="EHLO", command="STARTTLS", ready=220),
-    Protocol.LMTP: CodedDialogue(greeting=(220,), hello="LHLO", command="STARTTLS", ready=220),
-    # RFC 4217 4: AUTH TLS, 234.
-    Protocol.FTP: CodedDialogue(greeting=(220,), hello=None, command="AUTH TLS", ready=234),
-    # RFC 4642 2.2: greeting 200 or 201, STARTTLS, 382.
-    Protocol.NNTP: CodedDialogue(greeting=(200, 201), hello=None, command="STARTTLS", ready=382),
-    Protocol.IMAP: imap,
-    Protocol.POP3: pop3,
-    Protocol.SIEVE: sieve,
-    Protocol.XMPP: _xmpp("jabber:client"),
-    Protocol.XMPP_SERVER: _xmpp("jabber:server"),
-    Protocol.LDAP: starttls_binary.ldap,
-    Protocol.POSTGRES: starttls_binary.postgres,
-    Protocol.MYSQL: starttls_binary.mysql,
-    Protocol.RDP: starttls_binary.rdp,
-    Protocol.MSSQL: starttls_binary.mssql,
-}
+# The dialogues that are instances rather than functions; ``protocols.Protocol`` pairs each
+# dialogue with its protocol, ports and schemes.
+# RFC 3207: EHLO before STARTTLS; LMTP (RFC 2033) is the same with LHLO.
+smtp = CodedDialogue(greeting=(220,), hello="EHLO", command="STARTTLS", ready=220)
+lmtp = CodedDialogue(greeting=(220,), hello="LHLO", command="STARTTLS", ready=220)
+# RFC 4217 4: AUTH TLS, 234.
+ftp = CodedDialogue(greeting=(220,), hello=None, command="AUTH TLS", ready=234)
+# RFC 4642 2.2: greeting 200 or 201, STARTTLS, 382.
+nntp = CodedDialogue(greeting=(200, 201), hello=None, command="STARTTLS", ready=382)
+xmpp = _xmpp("jabber:client")
+xmpp_server = _xmpp("jabber:server")
 
 
 def negotiate(protocol: Protocol, conn: Conn, host: str) -> RecordIO:
     """Run the dialogue for ``protocol`` on ``conn``; ``host`` is the name the server knows."""
-    dialogue = DIALOGUES.get(protocol)
-    if dialogue is None:
-        raise DialogueError(f"STARTTLS for {protocol.value} is not implemented yet")
-    io = dialogue(conn, host)
+    io = protocol.dialogue(conn, host)
     stray = conn.pending()
     if stray:
         # Plaintext queued behind the "go ahead" would be taken for TLS-protected data by

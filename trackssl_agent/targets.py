@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import idna
 
@@ -173,4 +174,16 @@ def read_targets_file(lines: list[str], *, source: str, starttls: str) -> list[T
             targets.append(parse_target(line, starttls=starttls))
         except UsageError as exc:
             raise UsageError(f"{source}, line {number}: {exc}") from None
+    return targets
+
+
+def read_targets_path(path: Path, *, starttls: str) -> list[Target]:
+    """The targets of ``--targets FILE``; UsageError when it cannot be read or names none."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--targets {path}: cannot read it: {exc}") from None
+    targets = read_targets_file(text.splitlines(), source=str(path), starttls=starttls)
+    if not targets:
+        raise UsageError(f"--targets {path}: the file names no target")
     return targets
