@@ -3,6 +3,7 @@ the outbox across cycles, failures, the allow list, stop, dry run."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from tests.certs import Chain
 from tests.tls_servers import TcpServer, server_context, tls_server
 from trackssl_agent import allow
 from trackssl_agent.api import ApiClient, ApiSettings
-from trackssl_agent.cycle import CycleReport, run_cycle
+from trackssl_agent.cycle import CycleReport, limit_malloc_arenas, run_cycle
 from trackssl_agent.errors import ApiError
 from trackssl_agent.outbox import Outbox, Record
 from trackssl_agent.probe import ProbeSettings
@@ -228,3 +229,9 @@ def test_without_a_usable_state_dir_results_are_posted_directly(
     assert (report.delivered, report.queued, report.unsaved) == (0, 0, 2)
     assert "not stored 2" in report.summary()
     assert report.exit_code is ExitCode.WARNING
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc tunable")
+def test_malloc_arenas_are_capped_where_glibc_allows() -> None:
+    """On glibc the arena cap that keeps run's idle memory low is accepted (mallopt says 1)."""
+    assert limit_malloc_arenas() is True

@@ -357,6 +357,7 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
     state dir is refused at once rather than at its first cycle. Each cycle gets a fresh
     API session and outbox handle, so nothing per-target survives between cycles.
     """
+    cycle.limit_malloc_arenas()
     api_settings = cycle.api_settings(conf)
     probe_settings = cycle.probe_settings(conf, family=family)
     scale = time_scale(environ)
