@@ -39,6 +39,9 @@ if (-not (Test-Path $venvPython) -or $current -ne "$stamp".Trim()) {
 }
 # The agent itself, without dependencies (pinned above) and without an isolated build
 # environment (that would fetch an unpinned setuptools): the lock's setuptools builds it.
+# setuptools packs whatever its build dir holds, a module since moved or deleted included:
+# start that dir empty.
+if (Test-Path .setuptools-build) { Remove-Item -Recurse -Force .setuptools-build }
 & $venvPython -m pip install --quiet --disable-pip-version-check --no-deps `
     --no-build-isolation --force-reinstall .
 if ($LASTEXITCODE -ne 0) { throw "installing the agent failed ($LASTEXITCODE)" }

@@ -31,6 +31,9 @@ if [ ! -x "$VPY" ] || [ "$(cat "$VENV/.lock-stamp" 2>/dev/null)" != "$stamp" ]; 
 fi
 # The agent itself, without dependencies (they are pinned above) and without an isolated
 # build environment (that would fetch an unpinned setuptools): the lock's setuptools builds it.
+# setuptools packs whatever its build dir holds, a module since moved or deleted included:
+# start that dir empty.
+rm -rf .setuptools-build
 "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
   --force-reinstall .
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from tests.cli_helpers import run_cli
 from trackssl_agent import cli, config, settings
+from trackssl_agent.cli import options
 from trackssl_agent.errors import ConfigError
 from trackssl_agent.settings import Kind, Spec
 
@@ -115,7 +116,7 @@ def test_a_new_row_becomes_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(settings.BY_NAME, "budget", row)
 
     @click.command()
-    @cli.setting_option("budget")
+    @options.setting_option("budget")
     def command(budget: int) -> None:
         click.echo(f"budget={budget}")
 

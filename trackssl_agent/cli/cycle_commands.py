@@ -1,0 +1,194 @@
+"""``check-once``, ``run`` and ``config``: the commands that read the configuration."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from trackssl_agent import config, protocols, settings
+from trackssl_agent.cli.options import (
+    FILE,
+    config_option,
+    config_options,
+    family_option,
+    probe_options,
+    setting_option,
+    setting_options,
+)
+from trackssl_agent.cli.probe_command import render_results
+from trackssl_agent.errors import AgentError, UsageError
+from trackssl_agent.log import get_logger
+from trackssl_agent.probe import address_family
+from trackssl_agent.report import Thresholds, probe_exit_code
+from trackssl_agent.targets import read_targets_path
+
+if TYPE_CHECKING:  # cycle (and requests behind it) is imported only when a command needs it
+    from trackssl_agent.cycle import CycleReport
+
+
+def _load_config(config_path: Path | None, **values: str | float | Path | None) -> config.Config:
+    """The effective Config: these options (by setting name) over the environment over
+    the file."""
+    options = {settings.spec(name).key or name: value for name, value in values.items()}
+    return config.from_process(config_option=config_path, options=options)
+
+
+class _ProgressLine:
+    """``done/total`` on one rewritten stderr line, at most ten times a second."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        self._shown = True
+        click.echo(f"\r{done}/{total} targets done, {failed} failed", err=True, nl=False)
+
+    def end(self) -> None:
+        """Finish the line so later output starts on a fresh one."""
+        if self._shown:
+            click.echo("", err=True)
+
+
+@click.command("check-once")
+@probe_options
+@click.option(
+    "--targets",
+    "targets_file",
+    type=FILE,
+    help="Local mode: probe the targets of FILE (one a line); no account needed.",
+)
+@click.option("--dry-run", is_flag=True, help="Fetch and probe, post nothing; show results.")
+@setting_option("concurrency")
+@config_options
+def check_once(
+    timeout: float | None,
+    ipv4: bool,
+    ipv6: bool,
+    as_json: bool,
+    warn_days: int,
+    crit_days: int,
+    starttls: str,
+    targets_file: Path | None,
+    dry_run: bool,
+    concurrency: int | None,
+    config_path: Path | None,
+    log_level: str | None,
+    log_file: Path | None,
+    log_format: str | None,
+) -> int:
+    """Run exactly one cycle, then exit: for cron, CI and the Task Scheduler.
+
+    With the API: fetch the domain list, probe every domain, post each result (through
+    the outbox in the state dir), print a summary. With --targets FILE: probe the file's
+    targets and report with the probe exit codes; no account or token needed.
+    """
+    # Imported here: requests and the API client cost ~0.2 s that --version and probe skip.
+    from trackssl_agent import cycle  # noqa: PLC0415
+
+    cfg = _load_config(
+        config_path, timeout=timeout, concurrency=concurrency,
+        log_level=log_level, log_file=log_file, log_format=log_format,
+    )  # fmt: skip
+    family = address_family(ipv4=ipv4, ipv6=ipv6)
+    local = read_targets_path(targets_file, starttls=starttls) if targets_file else None
+    if local is None and starttls != protocols.AUTO:
+        raise UsageError("--starttls applies to --targets; the API decides per domain")
+    config.start_logging(cfg)
+    progress = _ProgressLine() if sys.stderr.isatty() else None
+    stop = threading.Event()
+    try:
+        if local is not None:
+            results = cycle.probe_all(
+                local, cycle.probe_settings(cfg, family=family),
+                concurrency=cfg.concurrency, stop=stop, progress=progress,
+            )  # fmt: skip
+        else:
+            cycle_report = cycle.run_once(
+                cfg, stop=stop, family=family, dry_run=dry_run, progress=progress,
+                keep_results=as_json or dry_run,
+            )  # fmt: skip
+    finally:
+        stop.set()
+        if progress is not None:
+            progress.end()
+    now = datetime.now(UTC)
+    if local is not None:
+        render_results(results, as_json=as_json, now=now)
+        return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
+    return _render_cycle_report(cycle_report, as_json=as_json, dry_run=dry_run, now=now)
+
+
+def _render_cycle_report(
+    cycle_report: CycleReport, *, as_json: bool, dry_run: bool, now: datetime
+) -> int:
+    """check-once's output in API mode: results if asked, the report line, the problem."""
+    if as_json or dry_run:
+        render_results(cycle_report.results, as_json=as_json, now=now)
+    label = "dry run (nothing posted)" if dry_run else "check-once"
+    click.echo(f"{label}: {cycle_report.summary()}", err=as_json)
+    if cycle_report.problem:
+        click.echo(f"trackssl-agent: {cycle_report.problem}", err=True)
+    return int(cycle_report.exit_code)
+
+
+@click.command("config")
+@config_option
+def show_config(config_path: Path | None) -> int:
+    """Show the effective configuration, where each value comes from; the token redacted."""
+    cfg = config.from_process(config_option=config_path, options={})
+    rows = cfg.describe()
+    width = max(len(key) for key, _value, _origin in rows)
+    for key, value, origin in rows:
+        click.echo(f"{key:<{width}}  {value}  [{origin}]")
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return 0
+
+
+@click.command()
+@setting_options("interval", "timeout", "concurrency")
+@family_option
+@config_options
+def run(
+    interval: str | None,
+    timeout: float | None,
+    concurrency: int | None,
+    ipv4: bool,
+    ipv6: bool,
+    config_path: Path | None,
+    log_level: str | None,
+    log_file: Path | None,
+    log_format: str | None,
+) -> int:
+    """Run cycles until stopped: one at once, then one every --interval.
+
+    SIGTERM or Ctrl-C (Ctrl-Break on Windows) stops it cleanly: no new probes, results not
+    yet delivered stay in the outbox, exit 0. Another signal 2 s or more later exits at once.
+    """
+    from trackssl_agent import scheduler  # noqa: PLC0415 - see check_once
+
+    cfg = _load_config(
+        config_path, interval=interval, timeout=timeout, concurrency=concurrency,
+        log_level=log_level, log_file=log_file, log_format=log_format,
+    )  # fmt: skip
+    family = address_family(ipv4=ipv4, ipv6=ipv6)
+    config.start_logging(cfg)
+    try:
+        return scheduler.run_agent(cfg, family=family, environ=os.environ)
+    except AgentError as exc:
+        if cfg.log_file is not None:
+            # A service or a task has no console: say in the log why it stopped.
+            get_logger(__name__).error("%s", exc)
+        raise

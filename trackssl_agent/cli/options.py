@@ -1,0 +1,109 @@
+"""Options generated from the settings table, shared by the commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from trackssl_agent import protocols, settings
+from trackssl_agent.settings import Kind
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _FilePath(click.Path):
+    """A file path option that refuses a NUL byte (usage error, exit 3): ``os.stat``
+    would raise ValueError on it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            self.fail("expected a path without NUL characters", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+FILE = _FilePath(dir_okay=False, path_type=Path)
+
+
+def _click_type(row: settings.Spec) -> click.ParamType[Any] | None:
+    """The click type that checks a setting's bounds at the command line."""
+    if row.kind is Kind.INT:
+        low, high = (None if bound is None else int(bound) for bound in (row.low, row.high))
+        return click.IntRange(low, high)
+    if row.kind is Kind.SECONDS:
+        return click.FloatRange(row.low, row.high)
+    if row.kind is Kind.CHOICE:
+        return click.Choice(row.choices)
+    if row.kind in settings.PATH_KINDS:
+        return FILE
+    return None  # DURATION and the rest: text, checked by config with its own message
+
+
+def setting_option(name: str, *, param: str | None = None) -> Callable[[F], F]:
+    """The option of setting ``name``, generated from its row in ``settings.SETTINGS``.
+
+    A setting the configuration also holds defaults to None here, so that the environment
+    and the file can decide; its default is shown in the help instead.
+    """
+    row = settings.CONFIG if name == settings.CONFIG.name else settings.spec(name)
+    if row.option is None:
+        raise ValueError(f"setting {name} has no command-line option")
+    keyed = row.key is not None
+    shown = f" [default: {row.default}]" if keyed and row.default else ""
+    return click.option(
+        row.option,
+        param or row.name,
+        type=_click_type(row),
+        default=None if keyed else settings.convert(row, row.default),
+        show_default=not keyed,
+        metavar="DURATION" if row.kind is Kind.DURATION else None,
+        help=row.help + shown,
+    )
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` so that options show in the order given."""
+
+    def decorate(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return decorate
+
+
+def setting_options(*names: str) -> Callable[[F], F]:
+    """The options of several settings, in the order named."""
+    return _stack(*(setting_option(name) for name in names))
+
+
+config_option = setting_option(settings.CONFIG.name, param="config_path")
+"""``--config``: declared once, for ``run``, ``check-once`` and ``config``."""
+
+
+def family_option(func: F) -> F:
+    """``-4`` / ``-6``: restrict addresses to one family."""
+    func = click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6 addresses.")(func)
+    return click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4 addresses.")(func)
+
+
+probe_options = _stack(
+    setting_option("timeout"),
+    family_option,
+    click.option("--json", "as_json", is_flag=True, help="Machine output (JSON)."),
+    setting_options("warn_days", "crit_days"),
+    click.option(
+        "--starttls",
+        type=click.Choice(protocols.STARTTLS_CHOICES),
+        default=protocols.AUTO,
+        show_default=True,
+        help="Dialogue before TLS: auto picks by scheme, then well-known port.",
+    ),
+)
+"""Options shared by ``probe`` and ``check-once`` (SPEC section 2)."""
+
+
+config_options = _stack(config_option, setting_options("log_level", "log_file", "log_format"))
+"""``--config`` and the logging options of ``run`` and ``check-once`` (SPEC section 2)."""
