@@ -34,7 +34,7 @@ from tests.api_server import (
 )
 from tests.certs import Chain, make_chain
 from tests.tls_servers import free_port, running, server_context, tls_server
-from trackssl_agent import __version__, api
+from trackssl_agent import __version__, api, api_schema
 from trackssl_agent.api import (
     ApiClient,
     ApiSettings,
@@ -47,6 +47,7 @@ from trackssl_agent.errors import ApiError
 from trackssl_agent.probe import ProbeSettings, probe
 from trackssl_agent.protocols import Protocol
 from trackssl_agent.results import ErrorKind, ProbeError, ProbeResult
+from trackssl_agent.secret import Secret
 
 WRONG_TOKEN = "wrong-secret-value"  # noqa: S105 - a test-only token
 UNKNOWN_AGENT = "agent-unknown"
@@ -63,7 +64,7 @@ def client(server: ApiServer, sleeps: Sleeps | None = None, **overrides: object)
     """A client for ``server`` with recorded sleeps and short timeouts."""
     fields: dict[str, object] = {
         "url": server.url,
-        "auth_token": server.auth_token,
+        "auth_token": Secret(server.auth_token),
         "agent_token": server.agent_token,
         "connect_timeout": 2.0,
         "read_timeout": 2.0,
@@ -147,7 +148,7 @@ def test_auth_rejection_is_not_retried(api_server: ApiServer, reply: Reply, toke
 def test_wrong_auth_token_is_refused_by_the_real_check(api_server: ApiServer) -> None:
     """The server's own bearer check answers 401, and the message never holds the token."""
     with (
-        client(api_server, auth_token=WRONG_TOKEN) as c,
+        client(api_server, auth_token=Secret(WRONG_TOKEN)) as c,
         pytest.raises(AuthError) as caught,
     ):
         c.fetch_domains()
@@ -199,7 +200,7 @@ def test_5xx_and_408_back_off_exponentially_with_jitter(api_server: ApiServer) -
 def test_jitter_spreads_delays(api_server: ApiServer) -> None:
     """Different random draws give different delays within [d/2, d]."""
     settings = ApiSettings(
-        url=api_server.url, auth_token=AUTH_TOKEN, agent_token=AGENT_TOKEN, backoff=4.0
+        url=api_server.url, auth_token=Secret(AUTH_TOKEN), agent_token=AGENT_TOKEN, backoff=4.0
     )
     low = ApiClient(settings, jitter=lambda: 0.0, proxies={})
     high = ApiClient(settings, jitter=lambda: 1.0, proxies={})
@@ -240,7 +241,7 @@ def test_connection_refused_is_retried() -> None:
     """Nothing listening: connection errors are retried, then reported."""
     settings = ApiSettings(
         url=f"http://127.0.0.1:{free_port()}",
-        auth_token=AUTH_TOKEN,
+        auth_token=Secret(AUTH_TOKEN),
         agent_token=AGENT_TOKEN,
         retries=2,
     )
@@ -388,7 +389,7 @@ def test_https_proxy_from_the_environment(
     monkeypatch.delenv("no_proxy", raising=False)
     settings = ApiSettings(
         url=https_api_server.url,
-        auth_token=AUTH_TOKEN,
+        auth_token=Secret(AUTH_TOKEN),
         agent_token=AGENT_TOKEN,
         ca_bundle=api_chain.ca_file,
     )
@@ -412,7 +413,7 @@ def test_netrc_cannot_replace_the_token(
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.setenv("HOME", str(tmp_path))
     with ApiClient(
-        ApiSettings(url=api_server.url, auth_token=AUTH_TOKEN, agent_token=AGENT_TOKEN)
+        ApiSettings(url=api_server.url, auth_token=Secret(AUTH_TOKEN), agent_token=AGENT_TOKEN)
     ) as c:
         c.fetch_domains()
     assert api_server.requests[0].headers["Authorization"] == f"Bearer {AUTH_TOKEN}"
@@ -427,9 +428,11 @@ def good_chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
 def test_payload_of_a_retrieved_chain(good_chain: Chain) -> None:
     """The post carries the leaf PEM, the chain, probed_at, tls_version, address, version."""
     with running(tls_server(server_context(good_chain))) as server:
-        domain = api._domain({"domain_id": 34027, "hostname": "127.0.0.1", "port": server.port})
+        domain = api_schema.domain_from_entry(
+            {"domain_id": 34027, "hostname": "127.0.0.1", "port": server.port}
+        )
         result = probe(domain.target, ProbeSettings(timeout=5))
-    body = api.payload(domain, result)["domain"]
+    body = api_schema.payload(domain, result)["domain"]
     assert body["domain_id"] == 34027
     assert body["hostname"] == "127.0.0.1"
     assert body["port"] == str(server.port)
@@ -445,9 +448,11 @@ def test_payload_of_a_retrieved_chain(good_chain: Chain) -> None:
 
 def test_payload_of_a_failure() -> None:
     """A failed probe posts an empty certificate and ``KIND: message``."""
-    domain = api._domain({"domain_id": 1, "hostname": "127.0.0.1", "port": str(free_port())})
+    domain = api_schema.domain_from_entry(
+        {"domain_id": 1, "hostname": "127.0.0.1", "port": str(free_port())}
+    )
     result = probe(domain.target, ProbeSettings(timeout=2))
-    body = api.payload(domain, result)["domain"]
+    body = api_schema.payload(domain, result)["domain"]
     assert body["certificate"] == ""
     assert body["chain"] == []
     assert body["error"].startswith("refused: ")
@@ -455,25 +460,27 @@ def test_payload_of_a_failure() -> None:
 
 def test_settings_repr_hides_the_token() -> None:
     """ApiSettings never prints the token, even in a traceback's repr."""
-    settings = ApiSettings(url="https://x", auth_token=AUTH_TOKEN, agent_token=AGENT_TOKEN)
+    settings = ApiSettings(url="https://x", auth_token=Secret(AUTH_TOKEN), agent_token=AGENT_TOKEN)
     assert AUTH_TOKEN not in repr(settings)
 
 
 def test_payload_body_is_the_payload_as_json(good_chain: Chain) -> None:
     """The bytes posted and stored are exactly ``payload`` as JSON, ASCII and on one line."""
     with running(tls_server(server_context(good_chain))) as server:
-        domain = api._domain({"domain_id": 7, "hostname": "127.0.0.1", "port": server.port})
+        domain = api_schema.domain_from_entry(
+            {"domain_id": 7, "hostname": "127.0.0.1", "port": server.port}
+        )
         ok = probe(domain.target, ProbeSettings(timeout=5))
-    odd = api.Domain(8, 'h\u00e9\u2028"x', "443", domain.target)
+    odd = api_schema.Domain(8, 'h\u00e9\u2028"x', "443", domain.target)
     failed = ProbeResult(
         target=domain.target, servername=None, address=None, probed_at=datetime.now(UTC),
         elapsed_ms=1.0, error=ProbeError(ErrorKind.TIMEOUT, 'no "answer"\n\u00e9'),
     )  # fmt: skip
     for entry, result in ((domain, ok), (odd, failed)):
-        body = api.payload_body(entry, result)
+        body = api_schema.payload_body(entry, result)
         assert b"\n" not in body
         assert body.isascii()
-        assert json.loads(body) == api.payload(entry, result)
+        assert json.loads(body) == api_schema.payload(entry, result)
 
 
 def test_post_answer_trickled_past_the_deadline_is_cut(api_server: ApiServer) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from trackssl_agent import api
+from trackssl_agent import api_schema
 from trackssl_agent.api import ResponseError
 
 BOUNDED = settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
@@ -47,7 +47,7 @@ entries = st.one_of(
 documents = st.one_of(json_values, st.fixed_dictionaries({"data": st.lists(entries, max_size=20)}))
 
 
-def check(domains: list[api.Domain], skipped: api.Skipped) -> None:
+def check(domains: list[api_schema.Domain], skipped: api_schema.Skipped) -> None:
     """What every successful decode promises."""
     ids = [d.domain_id for d in domains]
     assert len(ids) == len(set(ids))
@@ -56,7 +56,7 @@ def check(domains: list[api.Domain], skipped: api.Skipped) -> None:
         assert 1 <= int(domain.port) <= 65535
         assert domain.target.port == int(domain.port)
     lines = skipped.lines()
-    assert len(lines) <= api.SHOWN_SKIPPED + 1
+    assert len(lines) <= api_schema.SHOWN_SKIPPED + 1
     for line in lines:
         assert line.isprintable()
         assert len(line) < 500
@@ -69,7 +69,7 @@ def test_any_document_decodes_or_is_one_response_error(document: Any) -> None:
     started = time.monotonic()
     body = json.dumps(document).encode()
     try:
-        domains, skipped = api.decode_domains(body)
+        domains, skipped = api_schema.decode_domains(body)
     except ResponseError as exc:
         assert str(exc).isprintable()
     else:
@@ -86,7 +86,7 @@ def test_any_bytes_decode_or_are_one_response_error(body: bytes) -> None:
     """Arbitrary bytes (nesting, huge numbers, bad encodings) never escape as another error."""
     started = time.monotonic()
     try:
-        domains, skipped = api.decode_domains(body)
+        domains, skipped = api_schema.decode_domains(body)
     except ResponseError as exc:
         assert str(exc).isprintable()
     else:
@@ -112,7 +112,7 @@ def test_any_bytes_decode_or_are_one_response_error(body: bytes) -> None:
 def test_out_of_range_entries_are_skipped_briefly(entry: dict[str, Any], reason: str) -> None:
     """Entries in the fuzzed space that were accepted or quoted at length before: each is
     skipped with a short reason."""
-    domains, skipped = api.parse_domains({"data": [entry]})
+    domains, skipped = api_schema.parse_domains({"data": [entry]})
     assert domains == []
     assert skipped.count == 1
     assert reason in skipped.lines()[0]

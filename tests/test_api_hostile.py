@@ -15,9 +15,10 @@ import pytest
 from tests.api_server import AGENT_TOKEN, AUTH_TOKEN, HANG, ApiServer, Reply
 from tests.cli_helpers import run_cli
 from tests.tls_servers import free_port, running, trickle_server
-from trackssl_agent import api, log
+from trackssl_agent import api_schema, log
 from trackssl_agent.api import ApiClient, ApiSettings, RejectedError, ResponseError, TransientError
 from trackssl_agent.errors import ApiError
+from trackssl_agent.secret import Secret
 
 DEADLINE = 1.0
 SLACK = 0.6
@@ -31,7 +32,7 @@ def client(server_url: str, **overrides: Any) -> ApiClient:
     """A client with a 1 s request deadline and recorded (instant) retry sleeps."""
     fields: dict[str, Any] = {
         "url": server_url,
-        "auth_token": AUTH_TOKEN,
+        "auth_token": Secret(AUTH_TOKEN),
         "agent_token": AGENT_TOKEN,
         "request_deadline": DEADLINE,
         "budget": 10.0,
@@ -90,7 +91,7 @@ def test_hung_api_gives_up_within_the_budget(api_server: ApiServer) -> None:
     error line that says so."""
     api_server.fail("domains", HANG)
     settings = ApiSettings(
-        url=api_server.url, auth_token=AUTH_TOKEN, agent_token=AGENT_TOKEN,
+        url=api_server.url, auth_token=Secret(AUTH_TOKEN), agent_token=AGENT_TOKEN,
         request_deadline=DEADLINE, budget=2.5, retries=20, backoff=0.2,
     )  # fmt: skip
     started = time.monotonic()
@@ -108,7 +109,7 @@ def test_hung_api_gives_up_within_the_budget(api_server: ApiServer) -> None:
 def test_default_deadlines_end_within_two_minutes() -> None:
     """The real defaults: no attempt outlives the budget, and the budget plus one cut's
     latency stays under 2 minutes; each wait fits in one request's deadline."""
-    settings = ApiSettings(url="https://x", auth_token=AUTH_TOKEN, agent_token=AGENT_TOKEN)
+    settings = ApiSettings(url="https://x", auth_token=Secret(AUTH_TOKEN), agent_token=AGENT_TOKEN)
     assert settings.budget + 5 <= 120
     assert settings.request_deadline <= settings.budget
     assert settings.connect_timeout <= settings.request_deadline
@@ -280,10 +281,10 @@ def test_auth_token_absent_at_debug_level(
 
 def test_decode_domains_is_pure() -> None:
     """The schema side decodes bytes without a server: the same rules, tested alone."""
-    domains, skipped = api.decode_domains(
+    domains, skipped = api_schema.decode_domains(
         b'{"data": [{"domain_id": 1, "hostname": "a.example", "port": "443"}, null]}'
     )
     assert [d.target.text for d in domains] == ["a.example:443"]
     assert skipped.count == 1
     with pytest.raises(ResponseError, match="HTML page"):
-        api.decode_domains(b"<html><title>x</title></html>", "text/html")
+        api_schema.decode_domains(b"<html><title>x</title></html>", "text/html")

@@ -15,18 +15,21 @@ from tests.certs import Chain
 from tests.tls_servers import TcpServer, server_context, tls_server
 from trackssl_agent import allow
 from trackssl_agent.api import ApiClient, ApiSettings
-from trackssl_agent.cycle import CycleReport, limit_malloc_arenas, run_cycle
+from trackssl_agent.cycle import run_cycle
+from trackssl_agent.cycle_report import CycleReport
 from trackssl_agent.errors import ApiError
+from trackssl_agent.memory import limit_malloc_arenas
 from trackssl_agent.outbox import Outbox, Record
 from trackssl_agent.probe import ProbeSettings
 from trackssl_agent.report import ExitCode
+from trackssl_agent.secret import Secret
 
 
 def client(server: ApiServer, *, retries: int = 1) -> ApiClient:
     """A client that never really sleeps between retries."""
     settings = ApiSettings(
         url=server.url,
-        auth_token=server.auth_token,
+        auth_token=Secret(server.auth_token),
         agent_token=server.agent_token,
         retries=retries,
         read_timeout=5,
@@ -115,8 +118,8 @@ def test_backlog_goes_first_and_newer_results_win(
     a domain's newest result lands last."""
     box = Outbox.open(state_dir)
     box.add([
-        Record(99, {"domain": {"domain_id": 99, "tag": "old"}}, "t"),
-        Record(1, {"domain": {"domain_id": 1, "tag": "old"}}, "t"),
+        Record(99, {"domain": {"domain_id": 99, "tag": "old"}}),
+        Record(1, {"domain": {"domain_id": 1, "tag": "old"}}),
     ])  # fmt: skip
     api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
     api_server.script("certificate", HANG)  # the first old post hangs until released
@@ -227,7 +230,7 @@ def test_without_a_usable_state_dir_results_are_posted_directly(
             concurrency=8, stop=threading.Event(),
         )  # fmt: skip
     assert (report.delivered, report.queued, report.unsaved) == (0, 0, 2)
-    assert "not stored 2" in report.summary()
+    assert "not stored 2" in report.figures()
     assert report.exit_code is ExitCode.WARNING
 
 

@@ -11,6 +11,7 @@ from tests.api_server import OK, ApiServer, Reply
 from trackssl_agent.api import ApiClient, ApiSettings
 from trackssl_agent.delivery import CAP, Concurrency, Delivery
 from trackssl_agent.outbox import JsonBytes, Outbox, Record
+from trackssl_agent.secret import Secret
 
 
 class Clock:
@@ -72,7 +73,7 @@ def test_overload_halves_and_pauses_for_the_delay() -> None:
 def record(domain_id: int, tag: str) -> Record:
     """A record whose body carries ``tag``."""
     body = json.dumps({"domain": {"domain_id": domain_id, "tag": tag}}).encode()
-    return Record(domain_id, JsonBytes(body), "t")
+    return Record(domain_id, JsonBytes(body))
 
 
 def test_backlog_first_newest_wins_and_a_429_is_retried(
@@ -87,7 +88,9 @@ def test_backlog_first_newest_wins_and_a_429_is_retried(
     newer = record(3, "new")
     fresh = [record(n, "new") for n in range(10, 20)]
     settings = ApiSettings(
-        url=api_server.url, auth_token=api_server.auth_token, agent_token=api_server.agent_token
+        url=api_server.url,
+        auth_token=Secret(api_server.auth_token),
+        agent_token=api_server.agent_token,
     )
     with ApiClient(settings, sleep=lambda _s: None, proxies={}) as client:
         delivery = Delivery(client=client, outbox=box, stop=threading.Event(), initial=8)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trackssl_agent import outbox
+from trackssl_agent import outbox, outbox_format
 from trackssl_agent.errors import LockError
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import JsonBytes, Outbox, Record, write_atomic
@@ -26,9 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def record(domain_id: int, tag: str = "a") -> Record:
     """A record whose payload says which version it is."""
-    return Record(
-        domain_id, {"domain": {"domain_id": domain_id, "tag": tag}}, "2026-01-01T00:00:00Z"
-    )
+    return Record(domain_id, {"domain": {"domain_id": domain_id, "tag": tag}})
 
 
 def segments(directory: Path) -> list[Path]:
@@ -136,7 +134,7 @@ box = Outbox.open(Path(sys.argv[1]))
 n = 0
 while True:
     pad = {"pad": "x" * 4000}
-    box.add([Record(i, {"domain": {"domain_id": i, **pad}}, "t") for i in range(n, n + 50)])
+    box.add([Record(i, {"domain": {"domain_id": i, **pad}}) for i in range(n, n + 50)])
     n += 50
     print(n, flush=True)
 """
@@ -425,7 +423,7 @@ def test_json_bytes_records_are_stored_as_built(tmp_path: Path) -> None:
     """A record holding the post body's bytes is stored with those bytes, reloads as the
     same payload, and posts the same bytes."""
     body = b'{"domain":{"domain_id":5,"chain":["-----BEGIN CERTIFICATE-----\\nMII\\n"]}}'
-    record = Record(5, JsonBytes(body), "2026-12-01T00:00:00Z")
+    record = Record(5, JsonBytes(body))
     assert record.data() is body
     assert body in record.line()
     box = Outbox.open(tmp_path)
@@ -433,5 +431,91 @@ def test_json_bytes_records_are_stored_as_built(tmp_path: Path) -> None:
     box.close()
     (loaded,) = Outbox.open(tmp_path).pending()
     assert loaded.payload == json.loads(body)
-    assert loaded.queued_at == "2026-12-01T00:00:00Z"
     assert loaded.data() == body
+
+
+# -- the split into outbox_format / outbox_disk / outbox (issue 12) ------------------------
+
+
+def test_records_written_before_queued_at_was_dropped_still_load(tmp_path: Path) -> None:
+    """Segments of both earlier formats whose records carry ``queued_at`` load, and a
+    rewrite (compaction) stores them without it, payloads unchanged."""
+    old_v2 = (
+        b'{"version":2}\n'
+        b'{"domain_id":1,"queued_at":"2026-01-01T00:00:00Z","payload":{"domain":{"tag":"a"}}}\n'
+    )
+    old_v1 = json.dumps(
+        {
+            "version": 1,
+            "records": [
+                {"domain_id": 2, "queued_at": "2025-12-31T00:00:00Z", "payload": {"d": 2}},
+                {"domain_id": 3, "queued_at": 7, "payload": {"d": 3}},
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    (tmp_path / "seg-000000000001.json").write_bytes(old_v2)
+    (tmp_path / "seg-000000000002.json").write_bytes(old_v1)
+    box = load_quietly(tmp_path)
+    assert [(r.domain_id, dict(r.payload)) for r in box.pending()] == [
+        (1, {"domain": {"tag": "a"}}),
+        (2, {"d": 2}),
+        (3, {"d": 3}),
+    ]
+    box.close()
+    (compacted,) = segments(tmp_path)
+    assert b"queued_at" not in compacted.read_bytes()
+    assert [r.domain_id for r in Outbox.open(tmp_path).pending()] == [1, 2, 3]
+    assert list(tmp_path.glob("*.corrupt")) == []
+
+
+def test_new_records_are_stored_as_domain_id_and_payload_only() -> None:
+    """A stored record line is exactly ``domain_id`` and ``payload``, whether the payload
+    is the cycle's bytes or a mapping read back from a segment."""
+    body = b'{"domain":{"domain_id":4}}'
+    assert Record(4, JsonBytes(body)).line() == b'{"domain_id":4,"payload":' + body + b"}"
+    assert Record(4, json.loads(body)).line() == b'{"domain_id":4,"payload":' + body + b"}"
+    assert Record(4, JsonBytes(body)).to_json() == {"domain_id": 4, "payload": JsonBytes(body)}
+
+
+@settings(max_examples=100, deadline=1000)
+@given(good=st.lists(_GOOD, max_size=20))
+def test_fuzz_encode_then_parse_segment_round_trips(good: list[Record]) -> None:
+    """What ``encode`` writes, ``parse_segment`` reads back whole: same records in order,
+    nothing rejected, every byte counted."""
+    data = outbox_format.encode(good)
+    stream = io.BufferedReader(io.BytesIO(data))
+    loaded = outbox_format.parse_segment(stream, budget=len(data))
+    assert [(r.domain_id, dict(r.payload)) for r in loaded.records] == [
+        (r.domain_id, dict(r.payload)) for r in good
+    ]
+    assert (loaded.bad, loaded.size) == (0, len(data))
+
+
+def test_a_damaged_segment_is_moved_to_a_free_corrupt_name(tmp_path: Path) -> None:
+    """When ``<segment>.corrupt`` already exists (an earlier damaged copy), the new one goes
+    to ``<segment>.corrupt-2`` and the earlier copy is not overwritten."""
+    (tmp_path / "seg-000000000001.json.corrupt").write_bytes(b"earlier")
+    (tmp_path / "seg-000000000001.json").write_bytes(b"not json\n" + stored(1))
+    box = load_quietly(tmp_path)
+    assert [r.domain_id for r in box.pending()] == [1]
+    assert (tmp_path / "seg-000000000001.json.corrupt").read_bytes() == b"earlier"
+    assert (tmp_path / "seg-000000000001.json.corrupt-2").read_bytes().startswith(b"not json")
+    assert not (tmp_path / "seg-000000000001.json").exists()
+
+
+def test_in_memory_outbox_keeps_results_and_touches_no_disk(tmp_path: Path) -> None:
+    """An outbox without a state dir holds, replaces and forgets records in memory, counts
+    them as unsaved, and closes without writing anything anywhere."""
+    box = Outbox.in_memory("the state dir is read-only")
+    first = record(1)
+    box.add([first, record(2)])
+    box.add([record(1, "new")])
+    assert not box.is_current(first)
+    assert (len(box), box.unsaved()) == (2, 2)
+    box.done(box.pending()[0])
+    box.commit()
+    box.close()
+    assert [r.domain_id for r in box.pending()] == [1]
+    assert box.problem == "the state dir is read-only"
+    assert box.directory is None

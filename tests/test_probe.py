@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 import ssl
 import threading
@@ -15,8 +16,15 @@ import pytest
 from tests import tls_servers
 from tests.certs import Chain, make_chain, self_signed
 from trackssl_agent.certificates import summarize
-from trackssl_agent.probe import ProbeSettings, client_context, probe, probe_many
-from trackssl_agent.results import ErrorKind
+from trackssl_agent.probe import (
+    ProbeSettings,
+    client_context,
+    probe,
+    probe_many,
+    start_probes,
+)
+from trackssl_agent.results import ErrorKind, ProbeError
+from trackssl_agent.settings import spec
 from trackssl_agent.targets import parse_target
 
 FAST = ProbeSettings(timeout=5)
@@ -300,7 +308,7 @@ def test_every_address_is_tried_until_one_connects(rsa_server: tls_servers.TcpSe
 
 def test_hung_dns_lookup_is_abandoned_at_the_deadline() -> None:
     """getaddrinfo ignores socket timeouts; a lookup that hangs still ends at the deadline."""
-    from trackssl_agent.probe import _Failure, resolve  # noqa: PLC0415 - private unit
+    from trackssl_agent.probe import resolve  # noqa: PLC0415 - one stage of the probe
     from trackssl_agent.transport import Deadline  # noqa: PLC0415
 
     release = threading.Event()
@@ -310,12 +318,12 @@ def test_hung_dns_lookup_is_abandoned_at_the_deadline() -> None:
         return []
 
     started = time.monotonic()
-    with pytest.raises(_Failure) as info:
-        resolve(parse_target("slow.example:443"), 0, Deadline(0.5), hanging_lookup)
+    error = resolve(parse_target("slow.example:443"), 0, Deadline(0.5), hanging_lookup)
     release.set()
     assert time.monotonic() - started < 1.0
-    assert info.value.error.kind == ErrorKind.DNS
-    assert "did not answer within" in info.value.error.message
+    assert isinstance(error, ProbeError)
+    assert error.kind == ErrorKind.DNS
+    assert "did not answer within" in error.message
 
 
 def test_server_without_secure_renegotiation(rsa_chain: Chain) -> None:
@@ -337,3 +345,10 @@ def test_server_without_secure_renegotiation(rsa_chain: Chain) -> None:
     assert result.ok, result.error
     assert result.tls_version == "TLSv1.2"
     assert result.chain == rsa_chain.ders
+
+
+def test_default_concurrency_comes_from_the_settings_table() -> None:
+    """probe_many and start_probes default to the concurrency the settings table declares."""
+    declared = int(spec("concurrency").default)
+    for function in (probe_many, start_probes):
+        assert inspect.signature(function).parameters["concurrency"].default == declared

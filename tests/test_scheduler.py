@@ -18,7 +18,9 @@ import schedule
 
 from trackssl_agent import scheduler
 from trackssl_agent.errors import ApiError
-from trackssl_agent.scheduler import Summary, Timing, format_seconds, run_loop, startup_summary
+from trackssl_agent.log import LogLine
+from trackssl_agent.scheduler import Timing, format_seconds, run_loop, startup_line
+from trackssl_agent.settings import check_url
 from trackssl_agent.signals import (
     SECOND_AFTER,
     StopRequests,
@@ -269,7 +271,7 @@ def test_summary_line_has_the_report_and_next_run(caplog: pytest.LogCaptureFixtu
             fake,
             job,
             Timing(interval=HOUR, slice=600),
-            describe=lambda n: Summary(f"{n} domains", {"domains": n}),
+            describe=lambda n: LogLine(f"{n} domains", {"domains": n}),
         )
     first = next(r for r in caplog.records if r.getMessage().startswith("cycle 1 "))
     assert first.getMessage() == (
@@ -292,13 +294,14 @@ def test_overrun_warns_and_names_skipped_slots(caplog: pytest.LogCaptureFixture)
     assert any("1 slot(s) skipped" in r.getMessage() for r in caplog.records)
 
 
-def test_startup_line_shows_no_token_and_no_url_password() -> None:
+def test_startup_line_shows_no_token_and_config_refuses_a_url_password() -> None:
     """The start-up line names version, interval, URL and config but only the agent
-    token's first characters and no password from the URL."""
-    summary = startup_summary(
+    token's first characters; a URL that could carry a password never reaches it, because
+    config refuses user-info without repeating the URL."""
+    summary = startup_line(
         version="1.2.3",
         interval=4 * HOUR,
-        url="https://user:hunter2@api.example.test/base",
+        url="https://api.example.test/base",
         agent_token="agt_0123456789abcdef",  # noqa: S106 - a made-up token
         source="/etc/trackssl/environment.txt",
     )
@@ -306,8 +309,10 @@ def test_startup_line_shows_no_token_and_no_url_password() -> None:
         "trackssl-agent 1.2.3 starting: interval 4h, API https://api.example.test/base, "
         "agent token agt_01..., config /etc/trackssl/environment.txt"
     )
-    assert "hunter2" not in str(summary.fields)
     assert "0123456789abcdef" not in str(summary.fields)
+    with pytest.raises(ValueError, match="without user") as refused:
+        check_url("https://user:hunter2@api.example.test/base")
+    assert "hunter2" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

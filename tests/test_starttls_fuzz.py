@@ -2,7 +2,7 @@
 reader: hostile byte streams, cut into chunks, sent over a real loopback connection.
 
 Whatever the server sends, a dialogue returns, or raises DialogueError, TimeoutError or an
-OSError (what ``probe.classify`` turns into a clear error), within its deadline.
+OSError (what the probe's STARTTLS stage turns into a clear error), within its deadline.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def test_read_only_remount_keeps_the_backlog_and_the_lock(
     with tmpfs(env / "mnt", size="1m") as mnt:
         state = mnt / "state"
         box = Outbox.open(state / "outbox")
-        box.add([Record(9, {"domain": {"domain_id": 9, "tag": "old"}}, "t")])
+        box.add([Record(9, {"domain": {"domain_id": 9, "tag": "old"}})])
         box.close()
         with StateLock(state):
             pass  # the lock file exists now
@@ -181,9 +181,9 @@ def test_outbox_write_failing_after_some_records_keeps_them_in_memory(tmp_path: 
     the earlier durable segment is left intact."""
     with tmpfs(tmp_path / "mnt", size="64k") as mnt:
         box = Outbox.open(mnt / "outbox")
-        first = [Record(1, {"domain": {"pad": "a" * 100}}, "t")]
+        first = [Record(1, {"domain": {"pad": "a" * 100}})]
         box.add(first)
-        big = [Record(n, {"domain": {"pad": "b" * 4000}}, "t") for n in range(2, 40)]
+        big = [Record(n, {"domain": {"pad": "b" * 4000}}) for n in range(2, 40)]
         box.add(big)  # 150 KB does not fit in 64 KB
         assert box.problem is not None
         assert str(mnt / "outbox") in box.problem
@@ -343,7 +343,7 @@ def test_modes_are_0700_and_0600_whatever_the_umask(tmp_path: Path, umask: int) 
     try:
         with StateLock(state):
             box = Outbox.open(state / "outbox")
-            box.add([Record(1, {"domain": {}}, "t")])
+            box.add([Record(1, {"domain": {}})])
     finally:
         os.umask(old)
     assert state.stat().st_mode & 0o777 == 0o700

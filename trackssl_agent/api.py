@@ -1,41 +1,37 @@
-"""The TrackSSL API client (SPEC section 5): retries, the domain list and the payloads.
+"""The TrackSSL API client (SPEC section 5): headers, retries and the errors they end in.
 
-The auth token lives only in the ``Authorization`` header of the transport: it is never
-part of a URL, a message or an exception, and ``log.register_secret`` guards the logs
-besides. Requests go over ``api_transport``'s kept-alive connections, or through a
-``requests`` session (``api_session``, imported only then) when a proxy applies.
+What the bytes mean (the domain list, the payloads) is ``api_schema``'s. The auth token is
+a ``Secret`` revealed only into the ``Authorization`` header: it is never part of a URL, a
+message or an exception. Requests go over ``api_transport``'s kept-alive connections, or
+through a ``requests`` session (``api_session``, imported only then) when a proxy applies.
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import os
 import platform
 import random
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any, Protocol
 
-from trackssl_agent import __version__, certificates, log, protocols
+from trackssl_agent import __version__, api_schema, log
+from trackssl_agent.api_schema import Domain, Skipped
 from trackssl_agent.api_transport import Answer, AttemptFailed, Transport
-from trackssl_agent.api_transport import ResponseError as ResponseError  # noqa: PLC0414 - re-exported
-from trackssl_agent.errors import ApiError, UsageError
-from trackssl_agent.results import ProbeResult, utc_iso
-from trackssl_agent.targets import Target, parse_target
+from trackssl_agent.errors import ApiError
+from trackssl_agent.errors import ResponseError as ResponseError  # noqa: PLC0414 - raised here
+from trackssl_agent.secret import Secret
 
 logger = log.get_logger(__name__)
 
 RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 ACCEPTED = frozenset({200, 201, 202, 204})
-_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
 class AuthError(ApiError):
@@ -85,7 +81,7 @@ class ApiSettings:
     """Where and how to talk to the API."""
 
     url: str
-    auth_token: str
+    auth_token: Secret
     agent_token: str
     ca_bundle: Path | None = None
     connect_timeout: float = 10.0
@@ -106,25 +102,11 @@ class ApiSettings:
     max_body: int = 16 * 1024 * 1024
     pool_size: int = 8
 
-    def __repr__(self) -> str:
-        return f"ApiSettings(url={self.url!r}, auth_token=[REDACTED])"
-
-
-@dataclass(frozen=True)
-class Domain:
-    """One entry of ``domains.json``, decided into a Target."""
-
-    domain_id: int
-    hostname: str
-    port: str
-    """The port as text, as the payload echoes it."""
-    target: Target
-
 
 def headers(settings: ApiSettings) -> dict[str, str]:
     """SPEC section 5's headers of every request."""
     return {
-        "Authorization": f"Bearer {settings.auth_token}",
+        "Authorization": f"Bearer {settings.auth_token.reveal()}",
         "Accept": "application/json",
         "User-Agent": user_agent(),
     }
@@ -159,7 +141,6 @@ class ApiClient:
         proxies: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        log.register_secret(settings.auth_token)
         self.settings = settings
         self._sleep = sleep
         self._clock = clock
@@ -203,7 +184,7 @@ class ApiClient:
         status, body, content_type = self._request("GET", self.domains_url, what="domain list")
         if status != 200:
             raise ApiError(f"the API answered HTTP {status} to the domain list request")
-        return decode_domains(body, content_type)
+        return api_schema.decode_domains(body, content_type)
 
     def post(
         self,
@@ -218,18 +199,17 @@ class ApiClient:
         if isinstance(payload, bytes):
             data = payload
         else:
-            data = json.dumps(payload, separators=(",", ":")).encode()
-            if domain_id is None:
-                domain_id = payload.get("domain", {}).get("domain_id")
+            data, named = api_schema.encode_payload(payload)
+            domain_id = named if domain_id is None else domain_id
         status, body, content_type = self._request(
             "POST", self.certificate_url, data=data, what="result post", overloaded=overloaded
         )
         if status in ACCEPTED:
-            if _looks_html(body, content_type):
+            if api_schema.looks_html(body, content_type):
                 # A captive portal or proxy page answering 200 did not store anything.
                 raise TransientError(
                     "the API answered the post with an HTML page "
-                    f"({_title(body)}); is a proxy or captive portal in between?"
+                    f"({api_schema.html_title(body)}); is a proxy or captive portal in between?"
                 )
             return
         raise RejectedError(
@@ -251,7 +231,8 @@ class ApiClient:
         attempts = settings.retries + 1
         started = self._clock()
         end = started + settings.budget
-        for number in range(attempts):
+        number = 0
+        while True:  # each turn returns, raises, or sleeps before the next attempt
             wait: float | None = None
             limit = max(0.1, min(settings.request_deadline, end - self._clock()))
             try:
@@ -264,7 +245,7 @@ class ApiClient:
                 self._check_auth(status, what=what)
                 if status not in RETRY_STATUSES:
                     if 300 <= status < 400:
-                        location = _shown(answer.header("Location") or "(none)")
+                        location = api_schema.shown(answer.header("Location") or "(none)")
                         raise ApiError(
                             f"the API redirected the {what} to {location}"
                             "; set TRACKSSL_URL to the final address"
@@ -288,7 +269,7 @@ class ApiClient:
                 what, problem, number + 1, settings.retries, delay,
             )  # fmt: skip
             self._sleep(delay)
-        raise AssertionError("unreachable")
+            number += 1
 
     def _delay(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: half fixed, half random."""
@@ -309,206 +290,7 @@ class ApiClient:
             )
 
 
-def _looks_html(body: bytes, content_type: str) -> bool:
-    return "html" in content_type.lower() or body.lstrip()[:1] == b"<"
-
-
-def _title(body: bytes) -> str:
-    match = _TITLE.search(body[:65536])
-    if match:
-        return "title " + repr(match.group(1).decode("utf-8", "replace").strip()[:80])
-    return "no title"
-
-
 def _snippet(body: bytes) -> str:
     """The start of an error body, made printable: it must not forge a log line."""
     text = log.printable(body[:200].decode("utf-8", "replace").strip())
     return text or "(empty body)"
-
-
-def _shown(value: object) -> str:
-    """A value from outside for a message: short, escaped, never a deep structure."""
-    if isinstance(value, str):
-        return repr(value[:60]) + ("..." if len(value) > 60 else "")
-    if value is None or isinstance(value, bool | float):
-        return repr(value)
-    if isinstance(value, int):
-        return repr(value) if -(10**20) < value < 10**20 else "a huge number"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _json_body(body: bytes, content_type: str, *, what: str) -> Any:
-    if _looks_html(body, content_type):
-        raise ResponseError(
-            f"the API answered {what} with an HTML page ({_title(body)}), not JSON; check "
-            "TRACKSSL_URL and whether a proxy or captive portal is in between"
-        )
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise ResponseError(f"the API answered {what} with JSON nested too deeply") from None
-    except ValueError as exc:  # UnicodeDecodeError included
-        reason = log.printable(str(exc))[:200]
-        raise ResponseError(f"the API answered {what} with invalid JSON: {reason}") from None
-
-
-def _protocol_option(value: object) -> str | None:
-    """The ``--starttls`` value a ``protocol`` field stands for, or None if unknown."""
-    if value is None or value == "":
-        return protocols.AUTO
-    if not isinstance(value, str):
-        return None
-    name = value.strip().lower()
-    if name in protocols.STARTTLS_CHOICES:
-        return name
-    if name in protocols.SCHEMES:
-        chosen, _port = protocols.SCHEMES[name]
-        return chosen.value if chosen else protocols.NONE
-    return None
-
-
-_MAX_ID = 2**63
-_MAX_HOSTNAME = 255
-"""Longer than any DNS name (253) or IPv6 literal with brackets."""
-
-
-def _domain(entry: object) -> Domain:
-    """One ``data`` entry; ValueError says what is wrong with it (values shown short)."""
-    if not isinstance(entry, dict):
-        raise ValueError(f"it is {_shown(entry) if entry is None else 'not an object'}")
-    raw_id = entry.get("domain_id")
-    if isinstance(raw_id, str) and raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 20:
-        domain_id = int(raw_id)
-    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
-        domain_id = raw_id
-    else:
-        domain_id = -1
-    if not 0 <= domain_id < _MAX_ID:
-        raise ValueError(f"bad domain_id {_shown(raw_id)}")
-    hostname = entry.get("hostname")
-    if not isinstance(hostname, str) or not hostname.strip() or len(hostname) > _MAX_HOSTNAME:
-        raise ValueError(f"bad hostname {_shown(hostname)}")
-    hostname = hostname.strip()
-    raw_port = entry.get("port")
-    if isinstance(raw_port, str) and len(raw_port) <= 16:
-        port_text = raw_port.strip()
-        port = int(port_text) if port_text.isascii() and port_text.isdigit() else 0
-    elif isinstance(raw_port, int) and not isinstance(raw_port, bool):
-        port = raw_port
-    else:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise ValueError(f"bad port {_shown(raw_port)}")
-    option = _protocol_option(entry.get("protocol"))
-    if option is None:
-        raise ValueError(f"unknown protocol {_shown(entry.get('protocol'))}")
-    host = f"[{hostname}]" if ":" in hostname and not hostname.startswith("[") else hostname
-    try:
-        target = parse_target(f"{host}:{port}", starttls=option)
-    except UsageError as exc:
-        raise ValueError(log.printable(str(exc))[:300]) from None
-    return Domain(domain_id, hostname, str(port), target)
-
-
-SHOWN_SKIPPED = 5
-"""Skipped domain-list entries described in full; the rest are counted."""
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """The domain-list entries left out: how many, and why for the first few."""
-
-    count: int = 0
-    first: tuple[str, ...] = ()
-    """One warning each for the first ``SHOWN_SKIPPED`` entries skipped."""
-
-    def lines(self) -> list[str]:
-        """The warnings to log: the first few in full, then one line counting the rest."""
-        more = self.count - len(self.first)
-        if more <= 0:
-            return list(self.first)
-        return [*self.first, f"{more} more domain list entries skipped ({self.count} in all)"]
-
-
-def parse_domains(document: Any) -> tuple[list[Domain], Skipped]:
-    """``{"data": [...]}`` -> domains; a bad entry is skipped and summarised.
-
-    Memory stays proportional to the good entries: a list of millions of bad ones builds
-    no more than ``SHOWN_SKIPPED`` messages.
-    """
-    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise ResponseError('the domain list is not of the form {"data": [...]}')
-    domains: list[Domain] = []
-    first: list[str] = []
-    skipped = 0
-    seen: set[int] = set()
-    for index, entry in enumerate(document["data"]):
-        if entry is None and len(first) >= SHOWN_SKIPPED:
-            skipped += 1  # the common junk, counted without raising
-            continue
-        try:
-            domain = _domain(entry)
-            if domain.domain_id in seen:
-                raise ValueError(f"domain_id {domain.domain_id} repeats")
-        except ValueError as exc:
-            skipped += 1
-            if len(first) < SHOWN_SKIPPED:
-                first.append(f"domain list entry {index} skipped: {exc}")
-            continue
-        seen.add(domain.domain_id)
-        domains.append(domain)
-    return domains, Skipped(skipped, tuple(first))
-
-
-def decode_domains(
-    body: bytes, content_type: str = "application/json"
-) -> tuple[list[Domain], Skipped]:
-    """The body of a ``domains.json`` answer -> domains; ResponseError for anything that is
-    not the domain list (HTML, broken or too deeply nested JSON, another shape)."""
-    return parse_domains(_json_body(body, content_type, what="the domain list"))
-
-
-def payload_body(domain: Domain, result: ProbeResult) -> bytes:
-    """``payload`` as JSON bytes, built once per result and then posted and stored as they
-    are: ASCII and without a newline, so one line of an outbox segment. Written out here
-    rather than dumped from the dict: each PEM is encoded once, with no encoder machinery
-    per key (this runs for every target of every cycle)."""
-    pems = [_quote(certificates.to_pem(der)) for der in result.chain] if result.ok else []
-    error = _quote(str(result.error) if result.error else "")
-    probed_at = _quote(utc_iso(result.probed_at))
-    leaf = pems[0] if pems else '""'
-    text = (
-        f'{{"domain":{{"domain_id":{domain.domain_id:d},"hostname":{_quote(domain.hostname)},'
-        f'"port":{_quote(domain.port)},"certificate":{leaf},'
-        f'"error":{error},"chain":[{",".join(pems)}],"probed_at":{probed_at},'
-        f'"tls_version":{_optional(result.tls_version)},"address":{_optional(result.address)},'
-        f'"agent_version":{_quote(__version__)}}}}}'
-    )
-    return text.encode("ascii")
-
-
-def _optional(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
-
-
-def payload(domain: Domain, result: ProbeResult) -> dict[str, Any]:
-    """The body of SPEC section 5's certificate.json post for one probe result."""
-    chain = [certificates.to_pem(der) for der in result.chain] if result.ok else []
-    return {
-        "domain": {
-            "domain_id": domain.domain_id,
-            "hostname": domain.hostname,
-            "port": domain.port,
-            "certificate": chain[0] if chain else "",
-            "error": str(result.error) if result.error else "",
-            "chain": chain,
-            "probed_at": utc_iso(result.probed_at),
-            "tls_version": result.tls_version,
-            "address": result.address,
-            "agent_version": __version__,
-        }
-    }

@@ -25,13 +25,10 @@ from urllib.parse import urlsplit
 
 from trackssl_agent import log
 from trackssl_agent.errors import ApiError
+from trackssl_agent.errors import ResponseError as ResponseError  # noqa: PLC0414 - re-exported
 
 _TICK = 0.1
 """How often the watchdog looks: a deadline is kept to within this."""
-
-
-class ResponseError(ApiError):
-    """The API answered something that is not its JSON: an HTML page, broken or huge JSON."""
 
 
 class AttemptFailed(Exception):

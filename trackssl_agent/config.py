@@ -124,11 +124,10 @@ class Config:
     settings: Mapping[str, Setting] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
 
-    def require_api(self) -> tuple[str, str]:
+    def require_api(self) -> tuple[Secret, str]:
         """The two tokens; ConfigError naming what is missing when API mode lacks one.
 
-        The auth token is revealed here because the API client takes it as text; once
-        ``api.ApiSettings`` holds a Secret, the reveal belongs in its header builder.
+        The auth token stays a Secret: ``api.headers`` reveals it into the header it sends.
         """
         if not self.auth_token or not self.agent_token:
             missing = [AUTH_TOKEN] if not self.auth_token else []
@@ -138,7 +137,7 @@ class Config:
                 f"{' and '.join(missing)} must be set for the TrackSSL API {where}; "
                 "or use --targets FILE for local mode without an account"
             )
-        return self.auth_token.reveal(), self.agent_token
+        return self.auth_token, self.agent_token
 
     def describe(self) -> list[tuple[str, str, str]]:
         """``(key, value, origin)`` rows, one per keyed setting; secrets masked by their type."""

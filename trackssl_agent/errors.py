@@ -47,5 +47,9 @@ class ApiError(AgentError):
     exit_code = ExitCode.CRITICAL
 
 
+class ResponseError(ApiError):
+    """The API answered something that is not its JSON: an HTML page, broken or huge JSON."""
+
+
 class StateDirError(ConfigError):
     """The state dir is not safe: another user could plant files there for the agent."""

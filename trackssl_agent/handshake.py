@@ -19,6 +19,10 @@ class NotTls(Exception):
     """The server answered the ClientHello with plaintext; ``str()`` says so."""
 
 
+class HandshakeFailure(Exception):
+    """The TLS handshake failed and no chain was presented; ``str()`` says why, in full."""
+
+
 @dataclass(frozen=True)
 class Handshake:
     """What a handshake got: the chain (even after a failure), version, cipher, a warning."""
@@ -54,16 +58,15 @@ _KEPT = 256 * 1024
 """The first bytes of the server's answer kept for reading its Certificate message."""
 
 
-class HandshakeFailure(Exception):
-    """The handshake failed in a way OpenSSL's own reason would not explain."""
-
-
 class _Flooded(Exception):
     """More than MAX_HANDSHAKE bytes arrived without the handshake completing."""
 
 
 def handshake(io: RecordIO, context: ssl.SSLContext, servername: str | None) -> Handshake:
     """Drive a client handshake over ``io`` by hand so the chain survives a failure.
+
+    Raises NotTls or HandshakeFailure when no chain came, or the connection's own OSError
+    (a timeout, a reset) for the caller to name.
 
     The server's bytes are also kept (references to what was received, up to ``_KEPT``):
     when OpenSSL cannot decode the certificates, the Certificate message sent in the clear
@@ -100,7 +103,11 @@ def handshake(io: RecordIO, context: ssl.SSLContext, servername: str | None) -> 
 
 
 def _after_failure(exc: BaseException, tls: ssl.SSLObject, received: bytes) -> Handshake:
-    """The chain of a failed handshake if any was presented, else a classified error."""
+    """The chain of a failed handshake if any was presented, else the typed error for it.
+
+    The TLS errors become NotTls or HandshakeFailure here, where they are caught; what
+    the connection itself raised (a timeout, a reset) goes on as the OSError it is.
+    """
     reason = handshake_reason(exc)
     chain = presented_chain(tls)
     if chain:
@@ -121,23 +128,37 @@ def _after_failure(exc: BaseException, tls: ssl.SSLObject, received: bytes) -> H
             f"the server answered the TLS ClientHello in plaintext ({printable(received, 60)!r}); "
             "it may need STARTTLS (--starttls) or speak another protocol on this port",
         ) from exc
-    if flight.version == "TLSv1.3" and isinstance(exc, ssl.SSLError) and "asn1" in str(exc).lower():
-        raise HandshakeFailure(
-            f"the server's certificate could not be decoded ({reason}); under TLS 1.3 it is "
-            "sent encrypted, so no chain can be reported: check the certificate on the server"
-        ) from exc
+    failure = _failure(exc, reason, flight.version)
+    if failure is None:
+        raise exc
+    raise failure from exc
+
+
+def _failure(exc: BaseException, reason: str, version: str | None) -> HandshakeFailure | None:
+    """The HandshakeFailure for a TLS-level error; None for the connection's own errors."""
+    if version == "TLSv1.3" and isinstance(exc, ssl.SSLError) and "asn1" in str(exc).lower():
+        return HandshakeFailure(
+            f"TLS handshake failed: the server's certificate could not be decoded ({reason}); "
+            "under TLS 1.3 it is sent encrypted, so no chain can be reported: check the "
+            "certificate on the server"
+        )
     if isinstance(exc, _Flooded):
-        raise HandshakeFailure(
-            f"the server sent more than {MAX_HANDSHAKE // 1024} KiB without completing the "
-            "handshake"
-        ) from exc
-    raise exc
+        return HandshakeFailure(f"TLS handshake failed: {reason} without completing the handshake")
+    if isinstance(exc, ssl.SSLEOFError) or (isinstance(exc, ssl.SSLError) and "EOF" in str(exc)):
+        return HandshakeFailure(
+            "the server closed the connection during the TLS handshake; "
+            "it may not speak TLS on this port, or it needs STARTTLS"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return HandshakeFailure(f"TLS handshake failed: {reason}")
+    return None
 
 
 _SSL_NOISE = re.compile(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)$")
 
 
 def handshake_reason(exc: BaseException) -> str:
+    """Why a handshake failed, in OpenSSL's words without its codes and file names."""
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return exc.reason.lower().replace("_", " ")
     if isinstance(exc, ssl.SSLError) and len(exc.args) > 1:

@@ -6,6 +6,8 @@ import json
 import logging
 import logging.handlers
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -117,6 +119,14 @@ def setup_logging(
     logger.setLevel(level.upper())
     logger.propagate = False
     return logger
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A log line's text and, for ``--log-format json``, its fields."""
+
+    text: str
+    fields: Mapping[str, object] = field(default_factory=dict)
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -1,5 +1,8 @@
 """Target -> ProbeResult within one deadline: resolve, connect, STARTTLS, handshake, close.
 
+Each stage returns its value or its own ProbeError, made where the failure happens from
+the errors that stage can meet; the first error ends the probe.
+
 The engine uses blocking sockets in a bounded thread pool rather than an event loop:
 OpenSSL releases the GIL inside the handshake so threads scale, every blocking step is
 bounded by the target's single Deadline, and the chain must be read from the TLS object
@@ -22,11 +25,15 @@ from typing import Any
 
 from trackssl_agent import starttls
 from trackssl_agent.errors import UsageError
-from trackssl_agent.handshake import HandshakeFailure, NotTls, handshake, handshake_reason
+from trackssl_agent.handshake import Handshake, HandshakeFailure, NotTls, handshake
+from trackssl_agent.log import get_logger
+from trackssl_agent.protocols import Protocol
 from trackssl_agent.results import ErrorKind, ProbeError, ProbeResult
-from trackssl_agent.settings import DEFAULT_TIMEOUT
+from trackssl_agent.settings import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 from trackssl_agent.targets import Target
 from trackssl_agent.transport import Conn, Deadline, DialogueError, RecordIO
+
+logger = get_logger(__name__)
 
 AddrInfo = tuple[Any, ...]
 Allow = Callable[[Target, str], bool]
@@ -60,12 +67,6 @@ def address_family(*, ipv4: bool, ipv6: bool) -> socket.AddressFamily:
     return socket.AF_UNSPEC
 
 
-class _Failure(Exception):
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.error = ProbeError(kind, message)
-
-
 @lru_cache(maxsize=1)
 def client_context() -> ssl.SSLContext:
     """One permissive client context, built once: it must reach every server a network holds.
@@ -88,35 +89,81 @@ def resolve(
     family: int,
     deadline: Deadline,
     getaddrinfo: Callable[..., list[AddrInfo]] = socket.getaddrinfo,
-) -> list[AddrInfo]:
-    """getaddrinfo bounded by the deadline: it ignores socket timeouts, so names resolve
-    in a daemon thread that is abandoned on expiry (it cannot be cancelled)."""
-    if target.is_ip:
-        return socket.getaddrinfo(
-            target.host, target.port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+) -> list[AddrInfo] | ProbeError:
+    """The resolve stage: the target's addresses, or why there are none."""
+    try:
+        if target.is_ip:
+            return socket.getaddrinfo(
+                target.host, target.port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+            )
+        addresses = _lookup(target, family, deadline, getaddrinfo)
+    except socket.gaierror as exc:
+        return ProbeError(
+            ErrorKind.DNS, f"cannot resolve {target.host}: {exc.strerror}; check the name and DNS"
         )
+    except OSError as exc:  # the deadline passed before the lookup began, or another OSError
+        return _lost(exc, target, "the DNS lookup")
+    if addresses is None:
+        return ProbeError(
+            ErrorKind.DNS,
+            f"DNS lookup of {target.host} did not answer within {deadline.seconds:g} s; "
+            "check the resolver this host uses",
+        )
+    return addresses
+
+
+def _lookup(
+    target: Target, family: int, deadline: Deadline, getaddrinfo: Callable[..., list[AddrInfo]]
+) -> list[AddrInfo] | None:
+    """getaddrinfo bounded by the deadline, None if it did not answer in time: it ignores
+    socket timeouts, so the name resolves in a daemon thread that is abandoned on expiry
+    (it cannot be cancelled)."""
     box: dict[str, Any] = {}
     done = threading.Event()
 
     def lookup() -> None:
         try:
             box["result"] = getaddrinfo(target.host, target.port, family, socket.SOCK_STREAM)
-        except OSError as exc:
+        except Exception as exc:  # handed to the caller: raised there, in the probe's thread
             box["error"] = exc
         finally:
             done.set()
 
+    left = deadline.remaining()  # first: a lookup that cannot be waited for is not started
     threading.Thread(target=lookup, name="resolve", daemon=True).start()
-    if not done.wait(deadline.remaining()):
-        raise _Failure(
-            ErrorKind.DNS,
-            f"DNS lookup of {target.host} did not answer within {deadline.seconds:g} s; "
-            "check the resolver this host uses",
-        )
+    if not done.wait(left):
+        return None
     if "error" in box:
         raise box["error"]
     result: list[AddrInfo] = box["result"]
     return result
+
+
+def _allowed(
+    target: Target, addresses: list[AddrInfo], allow: Allow
+) -> list[AddrInfo] | ProbeError:
+    """The addresses ``allow`` lets the probe contact, or `denied` if none is left."""
+    permitted = [a for a in addresses if allow(target, str(a[4][0]))]
+    if not permitted:
+        return ProbeError(
+            ErrorKind.DENIED, f"{target.endpoint} is outside TRACKSSL_ALLOW; it was not contacted"
+        )
+    return permitted
+
+
+def connect(
+    target: Target, addresses: list[AddrInfo], deadline: Deadline
+) -> tuple[socket.socket, str] | ProbeError:
+    """The connect stage: a connected socket and the address it reached, or why not."""
+    try:
+        return _connect(addresses, deadline)
+    except ConnectionRefusedError:
+        return ProbeError(
+            ErrorKind.REFUSED,
+            f"{target.endpoint}: connection refused; is the service running on this port?",
+        )
+    except OSError as exc:
+        return _lost(exc, target, "connect")
 
 
 def _connect(addresses: list[AddrInfo], deadline: Deadline) -> tuple[socket.socket, str]:
@@ -137,51 +184,80 @@ def _connect(addresses: list[AddrInfo], deadline: Deadline) -> tuple[socket.sock
     raise last or OSError(errno.EADDRNOTAVAIL, "no address to connect to")
 
 
-def classify(exc: BaseException, stage: str, target: Target) -> ProbeError:
-    """Turn an exception at ``stage`` into an error kind and a message to act on."""
-    where = target.endpoint
-    if isinstance(exc, _Failure):
-        return exc.error
-    if isinstance(exc, DialogueError):
-        return ProbeError(ErrorKind.STARTTLS, f"{where}: {exc}")
-    if isinstance(exc, NotTls):
+def start_tls(target: Target, protocol: Protocol, conn: Conn, host: str) -> RecordIO | ProbeError:
+    """The STARTTLS stage: the pipe the handshake runs over, or why the dialogue failed."""
+    try:
+        return starttls.negotiate(protocol, conn, host)
+    except DialogueError as exc:
+        return ProbeError(ErrorKind.STARTTLS, f"{target.endpoint}: {exc}")
+    except OSError as exc:
+        return _lost(exc, target, f"the {protocol.value} STARTTLS dialogue")
+
+
+def shake_hands(
+    target: Target, io: RecordIO, context: ssl.SSLContext, servername: str | None
+) -> Handshake | ProbeError:
+    """The handshake stage: the chain (even from a failed handshake), or why none came."""
+    try:
+        return handshake(io, context, servername)
+    except NotTls as exc:
         return ProbeError(ErrorKind.NOT_TLS, str(exc))
-    if isinstance(exc, HandshakeFailure):
-        return ProbeError(ErrorKind.HANDSHAKE, f"{where}: TLS handshake failed: {exc}")
-    if isinstance(exc, socket.gaierror):
-        return ProbeError(
-            ErrorKind.DNS, f"cannot resolve {target.host}: {exc.strerror}; check the name and DNS"
-        )
+    except HandshakeFailure as exc:
+        return ProbeError(ErrorKind.HANDSHAKE, f"{target.endpoint}: {exc}")
+    except OSError as exc:
+        return _lost(exc, target, "the TLS handshake")
+
+
+def _lost(exc: OSError, target: Target, during: str) -> ProbeError:
+    """What the connection's own OSError means, ``during`` naming the stage that got it."""
+    where = target.endpoint
     if isinstance(exc, TimeoutError):
         return ProbeError(
-            ErrorKind.TIMEOUT, f"{where}: no answer during {stage} before the deadline"
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return ProbeError(
-            ErrorKind.REFUSED,
-            f"{where}: connection refused; is the service running on this port?",
+            ErrorKind.TIMEOUT, f"{where}: no answer during {during} before the deadline"
         )
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
         return ProbeError(
-            ErrorKind.RESET, f"{where}: the server reset the connection during {stage}"
+            ErrorKind.RESET, f"{where}: the server reset the connection during {during}"
         )
-    if isinstance(exc, ssl.SSLEOFError) or (isinstance(exc, ssl.SSLError) and "EOF" in str(exc)):
-        return ProbeError(
-            ErrorKind.HANDSHAKE,
-            f"{where}: the server closed the connection during the TLS handshake; "
-            "it may not speak TLS on this port, or it needs STARTTLS",
-        )
-    if isinstance(exc, ssl.SSLError):
-        return ProbeError(
-            ErrorKind.HANDSHAKE, f"{where}: TLS handshake failed: {handshake_reason(exc)}"
-        )
-    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+    if exc.errno in _UNREACHABLE:
         return ProbeError(
             ErrorKind.UNREACHABLE, f"{where}: {exc.strerror}; check routing and firewalls"
         )
-    if isinstance(exc, OSError):
-        return ProbeError(ErrorKind.UNREACHABLE, f"{where}: {exc.strerror or exc}")
-    return ProbeError(ErrorKind.HANDSHAKE, f"{where}: {type(exc).__name__}: {exc}")
+    return ProbeError(ErrorKind.UNREACHABLE, f"{where}: {exc.strerror or exc}")
+
+
+def _attempt(
+    target: Target,
+    settings: ProbeSettings,
+    deadline: Deadline,
+    context: ssl.SSLContext,
+    getaddrinfo: Callable[..., list[AddrInfo]],
+) -> tuple[str | None, Handshake | ProbeError]:
+    """Run the stages in turn; the first that fails ends the attempt with its own error.
+    Returns the address connected to (None before connect) and the outcome."""
+    addresses = resolve(target, settings.family, deadline, getaddrinfo)
+    if not isinstance(addresses, ProbeError) and settings.allow is not None:
+        addresses = _allowed(target, addresses, settings.allow)
+    if isinstance(addresses, ProbeError):
+        return None, addresses
+    connected = connect(target, addresses, deadline)
+    if isinstance(connected, ProbeError):
+        return None, connected
+    sock, address = connected
+    with sock:
+        servername = _servername(target, settings)
+        conn = Conn(sock, deadline)
+        io: RecordIO | ProbeError = conn
+        if target.starttls is not None:
+            io = start_tls(target, target.starttls, conn, servername or target.host)
+        if isinstance(io, ProbeError):
+            return address, io
+        return address, shake_hands(target, io, context, servername)
+
+
+def _servername(target: Target, settings: ProbeSettings) -> str | None:
+    """The SNI to send: ``--servername``, else the host name (None for an IP literal)."""
+    return settings.servername if settings.servername is not None else target.sni_name
 
 
 def probe(
@@ -193,49 +269,43 @@ def probe(
     getaddrinfo: Callable[..., list[AddrInfo]] = socket.getaddrinfo,
 ) -> ProbeResult:
     """Probe one target; never raises for anything the network or the server does."""
-    context = context or client_context()
     started = clock()
     probed_at = datetime.now(UTC)
     deadline = Deadline(settings.timeout, clock)
-    servername = settings.servername if settings.servername is not None else target.sni_name
-    address: str | None = None
-    stage = "the DNS lookup"
     try:
-        addresses = resolve(target, settings.family, deadline, getaddrinfo)
-        if settings.allow is not None:
-            addresses = [a for a in addresses if settings.allow(target, str(a[4][0]))]
-            if not addresses:
-                raise _Failure(
-                    ErrorKind.DENIED,
-                    f"{target.endpoint} is outside TRACKSSL_ALLOW; it was not contacted",
-                )
-        stage = "connect"
-        sock, address = _connect(addresses, deadline)
-        try:
-            conn = Conn(sock, deadline)
-            io: RecordIO = conn
-            if target.starttls is not None:
-                stage = f"the {target.starttls.value} STARTTLS dialogue"
-                io = starttls.negotiate(target.starttls, conn, servername or target.host)
-            stage = "the TLS handshake"
-            result = handshake(io, context, servername)
-        finally:
-            sock.close()
+        address, outcome = _attempt(
+            target, settings, deadline, context or client_context(), getaddrinfo
+        )
     except Exception as exc:
+        # Each stage returns what the network or the server can cause; this is a bug. The
+        # target still gets its result (a worker thread dying would drop it), and the
+        # traceback goes to the debug log.
+        logger.debug("unexpected error probing %s", target.text, exc_info=True)
+        address, outcome = (
+            None,
+            ProbeError(
+                ErrorKind.HANDSHAKE,
+                f"{target.text}: unexpected {type(exc).__name__} in the probe: {exc}; "
+                "rerun with --log-level debug for the traceback and report it",
+            ),
+        )
+    elapsed_ms = (clock() - started) * 1000
+    servername = _servername(target, settings)
+    if isinstance(outcome, ProbeError):
         return ProbeResult(
             target=target, servername=servername, address=address, probed_at=probed_at,
-            elapsed_ms=(clock() - started) * 1000, error=classify(exc, stage, target),
+            elapsed_ms=elapsed_ms, error=outcome,
         )  # fmt: skip
     return ProbeResult(
         target=target,
         servername=servername,
         address=address,
         probed_at=probed_at,
-        elapsed_ms=(clock() - started) * 1000,
-        chain=result.chain,
-        tls_version=result.version,
-        cipher=result.cipher,
-        warnings=(result.warning,) if result.warning else (),
+        elapsed_ms=elapsed_ms,
+        chain=outcome.chain,
+        tls_version=outcome.version,
+        cipher=outcome.cipher,
+        warnings=(outcome.warning,) if outcome.warning else (),
     )
 
 
@@ -243,7 +313,7 @@ def probe_many(
     targets: Iterable[Target],
     settings: ProbeSettings,
     *,
-    concurrency: int = 64,
+    concurrency: int = DEFAULT_CONCURRENCY,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, ProbeResult]]:
     """Probe targets concurrently; yield ``(input index, result)`` as each completes.
@@ -287,7 +357,7 @@ def start_probes(
     targets: Iterable[Target],
     settings: ProbeSettings,
     *,
-    concurrency: int = 64,
+    concurrency: int = DEFAULT_CONCURRENCY,
     stop: threading.Event | None = None,
 ) -> Probes:
     """Start ``concurrency`` worker threads over ``targets``; their results arrive in the

@@ -22,19 +22,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import schedule
 
-from trackssl_agent import __version__, cycle
-from trackssl_agent.api import ApiClient
+from trackssl_agent import __version__, compose
 from trackssl_agent.config import Config
-from trackssl_agent.cycle import CycleReport
+from trackssl_agent.cycle_report import CycleReport
+from trackssl_agent.cycle_state import StateDir
 from trackssl_agent.errors import ApiError
-from trackssl_agent.log import get_logger
+from trackssl_agent.log import LogLine, get_logger
+from trackssl_agent.memory import limit_malloc_arenas
 from trackssl_agent.signals import stopping_on_signals
 
 T = TypeVar("T")
@@ -84,14 +84,6 @@ def time_scale(environ: Mapping[str, str]) -> float:
     except ValueError:
         return 1.0
     return value if 1.0 <= value <= 3600.0 else 1.0
-
-
-@dataclass(frozen=True)
-class Summary:
-    """A log line's text and, for ``--log-format json``, its fields."""
-
-    text: str
-    fields: Mapping[str, object] = field(default_factory=dict)
 
 
 def format_seconds(seconds: float) -> str:
@@ -163,8 +155,65 @@ class _Plan:
         return overran, skipped
 
 
-def _no_summary(_result: object) -> Summary:
-    return Summary("")
+def _no_line(_result: object) -> LogLine:
+    return LogLine("")
+
+
+class _Cycles:
+    """Runs the job once per call, as ``schedule`` dispatches it: times it, logs its line
+    and plans the next one; a job that raises never ends the loop."""
+
+    def __init__(
+        self,
+        *,
+        job: Callable[[], T],
+        describe: Callable[[T], LogLine],
+        outage: tuple[type[BaseException], ...],
+        plan: _Plan,
+        stop: threading.Event,
+        clock: Callable[[], float],
+        wall: Callable[[], datetime],
+        collect: Callable[[], object],
+    ) -> None:
+        self._run: Callable[[], LogLine] = lambda: describe(job())
+        self._outage = outage
+        self._plan = plan
+        self._stop = stop
+        self._clock = clock
+        self._wall = wall
+        self._collect = collect
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        started = self._clock()
+        retry = self._plan.is_retry(started)
+        failed: BaseException | None = None
+        line = LogLine("")
+        try:
+            line = self._run()
+        except self._outage as exc:
+            failed = exc
+        except Exception as exc:
+            # schedule neither catches nor reschedules a job that raised: a daemon must go on.
+            logger.error(
+                "cycle %d failed: %s: %s; the loop goes on",
+                self.count, type(exc).__name__, exc,
+                extra={"fields": {"event": "cycle_error", "cycle": self.count}},
+            )  # fmt: skip
+            logger.debug("cycle %d traceback", self.count, exc_info=True)
+        ended = self._clock()
+        overran, skipped = self._plan.finished(
+            ended=ended, regular=not retry, outage=failed is not None
+        )
+        _log_cycle(
+            number=self.count, elapsed=ended - started, line=line, failed=failed,
+            overran=overran, skipped=skipped, plan=self._plan, now=ended, wall=self._wall(),
+            stopping=self._stop.is_set(),
+        )  # fmt: skip
+        # Per-target objects caught in reference cycles (tracebacks, sockets) would otherwise
+        # wait for a later collection and keep the idle process larger than it needs to be.
+        self._collect()
 
 
 def run_loop(
@@ -172,7 +221,7 @@ def run_loop(
     job: Callable[[], T],
     timing: Timing,
     stop: threading.Event,
-    describe: Callable[[T], Summary] = _no_summary,
+    describe: Callable[[T], LogLine] = _no_line,
     outage: tuple[type[BaseException], ...] = (ApiError,),
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], datetime] = _local_now,
@@ -188,49 +237,12 @@ def run_loop(
     """
     nap: Callable[[float], object] = sleep or stop.wait
     plan = _Plan(timing, clock(), rng or random.Random())  # noqa: S311 - jitter, not a secret
+    cycles = _Cycles(
+        job=job, describe=describe, outage=outage, plan=plan, stop=stop, clock=clock,
+        wall=wall, collect=collect,
+    )  # fmt: skip
     scheduler = schedule.Scheduler()
-    count = 0
-
-    def cycle() -> None:
-        nonlocal count
-        count += 1
-        started = clock()
-        retry = plan.is_retry(started)
-        failed: BaseException | None = None
-        summary = Summary("")
-        try:
-            summary = describe(job())
-        except outage as exc:
-            failed = exc
-        except Exception as exc:
-            # schedule neither catches nor reschedules a job that raised: a daemon must go on.
-            logger.error(
-                "cycle %d failed: %s: %s; the loop goes on",
-                count,
-                type(exc).__name__,
-                exc,
-                extra={"fields": {"event": "cycle_error", "cycle": count}},
-            )
-            logger.debug("cycle %d traceback", count, exc_info=True)
-        ended = clock()
-        overran, skipped = plan.finished(ended=ended, regular=not retry, outage=failed is not None)
-        _log_cycle(
-            number=count,
-            elapsed=ended - started,
-            summary=summary,
-            failed=failed,
-            overran=overran,
-            skipped=skipped,
-            plan=plan,
-            now=ended,
-            wall=wall(),
-            stopping=stop.is_set(),
-        )
-        # Per-target objects caught in reference cycles (tracebacks, sockets) would otherwise
-        # wait for a later collection and keep the idle process larger than it needs to be.
-        collect()
-
-    handle = scheduler.every(max(1, round(timing.interval))).seconds.do(cycle)
+    handle = scheduler.every(max(1, round(timing.interval))).seconds.do(cycles)
     while not stop.is_set():
         left = plan.due() - clock()
         if left > 0:
@@ -240,14 +252,14 @@ def run_loop(
         handle.next_run = datetime.min
         scheduler.run_pending()
         handle.next_run = (wall() + timedelta(seconds=plan.due() - clock())).replace(tzinfo=None)
-    return count
+    return cycles.count
 
 
 def _log_cycle(
     *,
     number: int,
     elapsed: float,
-    summary: Summary,
+    line: LogLine,
     failed: BaseException | None,
     overran: bool,
     skipped: int,
@@ -258,10 +270,10 @@ def _log_cycle(
 ) -> None:
     """One summary line per cycle, ending with when the next one runs."""
     fields: dict[str, object] = {"event": "cycle", "cycle": number, "duration_s": round(elapsed, 3)}
-    fields.update(summary.fields)
+    fields.update(line.fields)
     head = f"cycle {number} done in {format_seconds(elapsed)}"
-    if summary.text:
-        head = f"{head}: {summary.text}"
+    if line.text:
+        head = f"{head}: {line.text}"
     if failed is not None:
         took = format_seconds(elapsed)
         head = f"cycle {number} could not fetch the domain list after {took}: {failed}"
@@ -289,23 +301,20 @@ def _log_cycle(
     level("%s; %s at %s (in %s)", head, what, at, format_seconds(left), extra={"fields": fields})
 
 
-def startup_summary(
+def startup_line(
     *, version: str, interval: float, url: str, agent_token: str, source: str
-) -> Summary:
+) -> LogLine:
     """The line ``run`` logs when it starts: enough to tell which agent this is, no secret.
 
-    Only the agent token's first characters are shown, and any user:password in the URL
-    is dropped.
+    Only the agent token's first characters are shown. The URL holds no user:password:
+    config refuses one (``TRACKSSL_API_URL``'s check).
     """
     shown = agent_token[: 6 if len(agent_token) >= 12 else 2] + "..."
-    parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     text = (
         f"trackssl-agent {version} starting: interval {format_seconds(interval)}, "
         f"API {url}, agent token {shown}, config {source}"
     )
-    return Summary(
+    return LogLine(
         text,
         {
             "event": "start",
@@ -318,38 +327,6 @@ def startup_summary(
     )
 
 
-def cycle_summary(report: CycleReport) -> Summary:
-    """The figures of one cycle for its summary line; JSON fields keep them as numbers."""
-    failed = sum(report.failed.values())
-    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(report.failed.items()))
-    text = (
-        f"{report.domains} domains, {report.retrieved} retrieved, {failed} failed"
-        + (f" ({kinds})" if kinds else "")
-        + f", {report.delivered} delivered, {report.queued} queued"
-    )
-    if report.unsaved:
-        text += f", {report.unsaved} not stored"
-    if report.rejected:
-        text += f", {report.rejected} rejected"
-    if report.problem:
-        text += f" (delivery stopped: {report.problem})"
-    return Summary(
-        text,
-        {
-            "domains": report.domains,
-            "retrieved": report.retrieved,
-            "failed": failed,
-            "failed_by_kind": dict(report.failed),
-            "delivered": report.delivered,
-            "queued": report.queued,
-            "rejected": report.rejected,
-            "problem": report.problem,
-            "unsaved": report.unsaved,
-            "state_problem": report.state_problem,
-        },
-    )
-
-
 def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[str, str]) -> int:
     """``run``: hold the state-dir lock and run cycles until a stop signal; exit code 0.
 
@@ -357,34 +334,26 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
     state dir is refused at once rather than at its first cycle. Each cycle gets a fresh
     API session and outbox handle, so nothing per-target survives between cycles.
     """
-    cycle.limit_malloc_arenas()
-    api_settings = cycle.api_settings(conf)
-    probe_settings = cycle.probe_settings(conf, family=family)
+    limit_malloc_arenas()
+    agent_token = compose.api_settings(conf).agent_token  # ConfigError before anything starts
     scale = time_scale(environ)
     timing = Timing.for_interval(conf.interval, scale=scale)
     stop = threading.Event()
 
     def one_cycle() -> CycleReport:
-        with ApiClient(api_settings, sleep=stop.wait, stop=stop) as client:
-            return cycle.run_cycle(
-                client=client,
-                outbox=state.outbox(),
-                settings=probe_settings,
-                concurrency=conf.concurrency,
-                stop=stop,
-            )
+        return compose.api_cycle(conf, state=state, stop=stop, family=family)
 
     # The state dir is checked at start (exit 3 if unsafe or locked); when it cannot be
     # used, each cycle posts directly and says so.
-    state = cycle.StateDir(conf.state_dir)
+    state = StateDir(conf.state_dir)
     # The stop signals are caught before the lock is taken, so a stop request during
     # start-up is a clean stop too (no KeyboardInterrupt, no death by SIGTERM).
     with stopping_on_signals(stop), state:
-        start = startup_summary(
+        start = startup_line(
             version=__version__,
             interval=conf.interval,
             url=conf.url,
-            agent_token=api_settings.agent_token,
+            agent_token=agent_token,
             source=str(conf.file) if conf.file else "none (environment and defaults)",
         )
         logger.info("%s", start.text, extra={"fields": dict(start.fields)})
@@ -396,7 +365,7 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
                 scale,
                 scale,
             )
-        count = run_loop(job=one_cycle, timing=timing, stop=stop, describe=cycle_summary)
+        count = run_loop(job=one_cycle, timing=timing, stop=stop, describe=CycleReport.log_line)
     logger.info(
         "stopped after %d cycle(s)", count, extra={"fields": {"event": "stopped", "cycles": count}}
     )

@@ -35,6 +35,26 @@ class Target:
     is_ip: bool
     """True when ``host`` is an IP literal (no SNI, no DNS)."""
 
+    @classmethod
+    def from_parts(cls, host: str, port: int, starttls: Protocol | None) -> Target:
+        """A Target from parts already apart (a domain-list entry), checked as
+        ``parse_target`` checks them; UsageError naming ``host:port`` if one is invalid.
+
+        ``host`` is a name or an IP literal (an IPv6 one may be bracketed); ``starttls``
+        is the dialogue already decided. ``text`` is ``host:port``, IPv6 bracketed.
+        """
+        bracketed = host.startswith("[") and host.endswith("]")
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        text = f"{shown}:{port}"
+        _check_characters(text)
+        inner = host[1:-1] if bracketed else host
+        if not inner:
+            raise UsageError(f"invalid target {text!r}: the host is empty")
+        if not 1 <= port <= 65535:
+            raise UsageError(f"invalid target {text!r}: port {port} is outside 1-65535")
+        name, is_ip = _check_host(text, inner, bracketed=bracketed)
+        return cls(text=text, host=name, port=port, starttls=starttls, is_ip=is_ip)
+
     @property
     def endpoint(self) -> str:
         """``host:port`` with IPv6 literals bracketed, for messages."""
@@ -73,6 +93,33 @@ def _check_hostname(text: str, host: str) -> str:
     return host
 
 
+def _check_characters(text: str) -> None:
+    # Invisible characters too (U+FEFF, U+00AD, bidi controls): IDNA drops some of them,
+    # so a name shown one way would be contacted as another.
+    if _BAD_CHARS.search(text) or not text.isprintable():
+        raise UsageError(
+            f"invalid target {text!r}: it contains spaces, control or invisible characters"
+        )
+
+
+def _check_host(text: str, host: str, *, bracketed: bool) -> tuple[str, bool]:
+    """``(host, is_ip)``: an IP literal in its normal form, or a valid DNS name unchanged.
+
+    ``bracketed`` says the host was written ``[...]``, which only an IPv6 literal may be.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if ":" in host or bracketed:
+            raise UsageError(
+                f"invalid target {text!r}: {host!r} is not a valid IPv6 address"
+            ) from None
+        return _check_hostname(text, host), False
+    if bracketed and address.version != 6:
+        raise UsageError(f"invalid target {text!r}: brackets are for IPv6 addresses only")
+    return str(address), True
+
+
 def _parse_port(text: str, port_text: str) -> int:
     if not port_text.isdigit() or not port_text.isascii():
         raise UsageError(f"invalid target {text!r}: port {port_text!r} is not a number")
@@ -109,12 +156,7 @@ def parse_target(text: str, *, starttls: str = protocols.AUTO) -> Target:
     """
     if starttls not in protocols.STARTTLS_CHOICES:
         raise UsageError(f"unknown --starttls value {starttls!r}")
-    # Invisible characters too (U+FEFF, U+00AD, bidi controls): IDNA drops some of them,
-    # so a name shown one way would be contacted as another.
-    if _BAD_CHARS.search(text) or not text.isprintable():
-        raise UsageError(
-            f"invalid target {text!r}: it contains spaces, control or invisible characters"
-        )
+    _check_characters(text)
     if not text:
         raise UsageError("invalid target '': it is empty")
     scheme_protocol: Protocol | None = None
@@ -143,20 +185,7 @@ def parse_target(text: str, *, starttls: str = protocols.AUTO) -> Target:
         port = default_port
     else:
         port = _parse_port(text, port_text)
-    try:
-        address = ipaddress.ip_address(host)
-        host = str(address)
-        is_ip = True
-    except ValueError:
-        if ":" in host or rest.startswith("["):
-            raise UsageError(
-                f"invalid target {text!r}: {host!r} is not a valid IPv6 address"
-            ) from None
-        host = _check_hostname(text, host)
-        is_ip = False
-    else:
-        if rest.startswith("[") and address.version != 6:
-            raise UsageError(f"invalid target {text!r}: brackets are for IPv6 addresses only")
+    host, is_ip = _check_host(text, host, bracketed=rest.startswith("["))
     chosen = protocols.select(
         scheme_protocol=scheme_protocol, has_scheme=has_scheme, port=port, option=starttls
     )
