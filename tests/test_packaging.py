@@ -58,6 +58,7 @@ SYSTEMD_SINCE = {
     "ProtectSystem=strict": 232, "SystemCallFilter=@system-service": 239,
     "ProtectHostname": 242, "RestrictSUIDSGID": 242, "ProtectKernelLogs": 244,
     "ProtectClock": 245,
+    "SuccessExitStatus": 219, "ReadWritePaths": 231,
 }  # fmt: skip
 
 HARDENING = {

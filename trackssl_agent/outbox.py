@@ -330,3 +330,19 @@ class Outbox:
                 self._segments[number].alive.clear()
             self._place(records, seg_id)
         self._remove(old)
+
+
+def count_waiting(folder: Folder) -> tuple[int, int]:
+    """How many results wait in the outbox ``folder`` (one per domain) and in how many
+    segment files, read without changing a byte (``doctor``)."""
+    disk = SegmentFiles(folder)
+    names = disk.scan(tidy=False)
+    waiting: set[int] = set()
+    budget = MAX_LOAD_BYTES
+    for name in names:
+        loaded = disk.read(name, budget, may_defer=False, keep=DEFAULT_LIMIT)
+        if loaded is None or loaded is DEFERRED:
+            continue
+        budget -= loaded.size
+        waiting.update(record.domain_id for record in loaded.records)
+    return len(waiting), len(names)

@@ -65,12 +65,12 @@ class SegmentFiles:
         self._next_number = 1
         """The number of the next segment file."""
 
-    def scan(self) -> list[str]:
-        """The segment names, oldest first. A temporary file of ours that never reached its
-        rename is deleted on the way; anything else is left alone."""
+    def scan(self, *, tidy: bool = True) -> list[str]:
+        """The segment names, oldest first. With ``tidy``, a temporary file of ours that
+        never reached its rename is deleted on the way; anything else is left alone."""
         numbered: list[tuple[int, str]] = []
         for name in self.folder.names():
-            if _TEMPORARY.fullmatch(name) and self._is_file(name):
+            if tidy and _TEMPORARY.fullmatch(name) and self._is_file(name):
                 with contextlib.suppress(OSError):
                     self.folder.unlink(name)
             elif match := _SEGMENT.fullmatch(name):

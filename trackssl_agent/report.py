@@ -13,8 +13,8 @@ from trackssl_agent.errors import AgentError, ExitCode
 from trackssl_agent.results import ProbeResult
 
 __all__ = [
-    "ExitCode", "Thresholds", "cycle_exit_code", "error_exit_code", "probe_exit_code",
-    "result_status", "signal_exit_code",
+    "ExitCode", "Thresholds", "cycle_exit_code", "doctor_exit_code", "error_exit_code",
+    "probe_exit_code", "result_status", "signal_exit_code",
 ]  # fmt: skip
 
 
@@ -62,6 +62,14 @@ def cycle_exit_code(*, auth_failed: bool, waits: bool) -> ExitCode:
     if auth_failed:
         return ExitCode.CRITICAL
     return ExitCode.WARNING if waits else ExitCode.OK
+
+
+def doctor_exit_code(*, failed: bool, unreadable: bool) -> ExitCode:
+    """``doctor``'s code: USAGE when the configuration cannot be read at all, CRITICAL when
+    a check failed; warnings alone leave it OK (they do not stop a cycle)."""
+    if unreadable:
+        return ExitCode.USAGE
+    return ExitCode.CRITICAL if failed else ExitCode.OK
 
 
 def error_exit_code(exc: BaseException) -> ExitCode:

@@ -12,25 +12,27 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trackssl_agent import config, protocols, settings
+from trackssl_agent import config, output_file, protocols, settings
 from trackssl_agent.cli.options import (
     FILE,
     config_option,
     config_options,
     family_option,
+    output_format,
+    output_option,
     probe_options,
     setting_option,
     setting_options,
 )
-from trackssl_agent.cli.probe_command import render_results
+from trackssl_agent.cli.probe_command import emit, format_results, render_results
 from trackssl_agent.errors import AgentError, UsageError
 from trackssl_agent.log import get_logger
 from trackssl_agent.probe import address_family
 from trackssl_agent.report import Thresholds, probe_exit_code
 from trackssl_agent.targets import read_targets_path
 
-if TYPE_CHECKING:  # cycle (and requests behind it) is imported only when a command needs it
-    from trackssl_agent.cycle import CycleReport
+if TYPE_CHECKING:  # the cycle (and the API client) is imported only when a command needs it
+    from trackssl_agent.cycle_report import CycleReport
 
 
 def _load_config(config_path: Path | None, **values: str | float | Path | None) -> config.Config:
@@ -69,6 +71,7 @@ class _ProgressLine:
     type=FILE,
     help="Local mode: probe the targets of FILE (one a line); no account needed.",
 )
+@output_option
 @click.option("--dry-run", is_flag=True, help="Fetch and probe, post nothing; show results.")
 @setting_option("concurrency")
 @config_options
@@ -76,11 +79,13 @@ def check_once(
     timeout: float | None,
     ipv4: bool,
     ipv6: bool,
+    chosen_format: str | None,
     as_json: bool,
     warn_days: int,
     crit_days: int,
     starttls: str,
     targets_file: Path | None,
+    output_path: Path | None,
     dry_run: bool,
     concurrency: int | None,
     config_path: Path | None,
@@ -92,32 +97,33 @@ def check_once(
 
     With the API: fetch the domain list, probe every domain, post each result (through
     the outbox in the state dir), print a summary. With --targets FILE: probe the file's
-    targets and report with the probe exit codes; no account or token needed.
+    targets and report with the probe exit codes; no account or token needed; --format
+    openmetrics --output FILE is a file for the node exporter's textfile collector.
     """
     # Imported here: requests and the API client cost ~0.2 s that --version and probe skip.
-    from trackssl_agent import cycle  # noqa: PLC0415
+    from trackssl_agent import compose, cycle  # noqa: PLC0415
 
+    fmt = output_format(as_json=as_json, chosen=chosen_format)
+    _check_mode_options(targets_file, starttls=starttls, fmt=fmt, output_path=output_path)
     cfg = _load_config(
         config_path, timeout=timeout, concurrency=concurrency,
         log_level=log_level, log_file=log_file, log_format=log_format,
     )  # fmt: skip
     family = address_family(ipv4=ipv4, ipv6=ipv6)
     local = read_targets_path(targets_file, starttls=starttls) if targets_file else None
-    if local is None and starttls != protocols.AUTO:
-        raise UsageError("--starttls applies to --targets; the API decides per domain")
     config.start_logging(cfg)
     progress = _ProgressLine() if sys.stderr.isatty() else None
     stop = threading.Event()
     try:
         if local is not None:
             results = cycle.probe_all(
-                local, cycle.probe_settings(cfg, family=family),
+                local, compose.probe_settings(cfg, family=family),
                 concurrency=cfg.concurrency, stop=stop, progress=progress,
             )  # fmt: skip
         else:
-            cycle_report = cycle.run_once(
+            cycle_report = compose.run_once(
                 cfg, stop=stop, family=family, dry_run=dry_run, progress=progress,
-                keep_results=as_json or dry_run,
+                keep_results=fmt == "json" or dry_run,
             )  # fmt: skip
     finally:
         stop.set()
@@ -125,9 +131,29 @@ def check_once(
             progress.end()
     now = datetime.now(UTC)
     if local is not None:
-        render_results(results, as_json=as_json, now=now)
+        emit(format_results(results, fmt=fmt, now=now), output_path)
         return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
-    return _render_cycle_report(cycle_report, as_json=as_json, dry_run=dry_run, now=now)
+    return _render_cycle_report(cycle_report, as_json=fmt == "json", dry_run=dry_run, now=now)
+
+
+def _check_mode_options(
+    targets_file: Path | None, *, starttls: str, fmt: str, output_path: Path | None
+) -> None:
+    """UsageError, before anything is probed, for an option local mode (``--targets FILE``)
+    alone takes given in API mode, or an --output folder that cannot take the file."""
+    if targets_file is not None:
+        if output_path is not None:
+            output_file.check_writable(output_path)
+        return
+    if starttls != protocols.AUTO:
+        raise UsageError("--starttls applies to --targets; the API decides per domain")
+    if fmt == "openmetrics":
+        raise UsageError(
+            "--format openmetrics applies to --targets FILE (local mode); "
+            "with the API the results go to TrackSSL"
+        )
+    if output_path is not None:
+        raise UsageError("--output applies to --targets FILE (local mode); use --json > FILE")
 
 
 def _render_cycle_report(
@@ -135,9 +161,9 @@ def _render_cycle_report(
 ) -> int:
     """check-once's output in API mode: results if asked, the report line, the problem."""
     if as_json or dry_run:
-        render_results(cycle_report.results, as_json=as_json, now=now)
+        render_results(cycle_report.results, fmt="json" if as_json else "text", now=now)
     label = "dry run (nothing posted)" if dry_run else "check-once"
-    click.echo(f"{label}: {cycle_report.summary()}", err=as_json)
+    click.echo(f"{label}: {cycle_report.figures()}", err=as_json)
     if cycle_report.problem:
         click.echo(f"trackssl-agent: {cycle_report.problem}", err=True)
     return int(cycle_report.exit_code)

@@ -33,6 +33,14 @@ COMMANDS: dict[str, Entry] = {
         "trackssl_agent.cli.cycle_commands", "show_config",
         "Show the effective configuration, where each value comes from; the token redacted.",
     ),
+    "discover": Entry(
+        "trackssl_agent.cli.discover_command", "discover",
+        "Find the TLS endpoints of NETWORK... and print them as a targets file for check-once.",
+    ),
+    "doctor": Entry(
+        "trackssl_agent.cli.doctor_command", "doctor_command",
+        "Check configuration, tokens, API connection, clock, state dir and engine, one line each.",
+    ),
     "probe": Entry(
         "trackssl_agent.cli.probe_command", "probe",
         "Probe TARGET... now and show what each presents; never talks to the cloud.",

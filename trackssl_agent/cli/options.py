@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from trackssl_agent import protocols, settings
+from trackssl_agent.errors import UsageError
 from trackssl_agent.settings import Kind
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,10 +90,37 @@ def family_option(func: F) -> F:
     return click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4 addresses.")(func)
 
 
+FORMATS = ("text", "json", "openmetrics")
+"""``--format``'s choices: readable text, SPEC section 4 JSON, OpenMetrics for Prometheus."""
+
+
+def output_format(*, as_json: bool, chosen: str | None) -> str:
+    """The one format ``--json`` and ``--format`` ask for; UsageError when they disagree."""
+    if as_json and chosen not in (None, "json"):
+        raise UsageError(f"--json is short for --format json; it cannot go with --format {chosen}")
+    return "json" if as_json else chosen or "text"
+
+
+output_option = click.option(
+    "--output",
+    "output_path",
+    type=FILE,
+    help="Write the output to FILE instead of stdout, atomically (mode 0644).",
+)
+"""``--output FILE``: a reader of FILE sees the old or the new output whole."""
+
+
 probe_options = _stack(
     setting_option("timeout"),
     family_option,
-    click.option("--json", "as_json", is_flag=True, help="Machine output (JSON)."),
+    click.option(
+        "--format",
+        "chosen_format",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Output: text (the default), json (SPEC section 4) or openmetrics (Prometheus).",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Short for --format json."),
     setting_options("warn_days", "crit_days"),
     click.option(
         "--starttls",

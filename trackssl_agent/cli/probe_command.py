@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
-from trackssl_agent import output, settings
-from trackssl_agent.cli.options import probe_options
+from trackssl_agent import output, output_file, settings
+from trackssl_agent.cli.options import output_format, output_option, probe_options
 from trackssl_agent.errors import UsageError
 from trackssl_agent.log import setup_logging
 from trackssl_agent.probe import ProbeSettings, address_family, probe_many
@@ -28,17 +29,43 @@ def run_probes(
     return [r for r in ordered if r is not None]
 
 
-def render_results(results: Sequence[ProbeResult], *, as_json: bool, now: datetime) -> None:
-    """Print results as SPEC section 4 JSON or as readable text."""
-    if as_json:
-        click.echo(json.dumps([output.result_json(r, now) for r in results], indent=2))
-        return
-    click.echo("\n".join(output.render_text(r, now) for r in results), nl=False)
+def format_results(results: Sequence[ProbeResult], *, fmt: str, now: datetime) -> str:
+    """Results as readable text, SPEC section 4 JSON or OpenMetrics (``fmt``, one of
+    ``options.FORMATS``)."""
+    if fmt == "json":
+        return json.dumps([output.result_json(r, now) for r in results], indent=2) + "\n"
+    if fmt == "openmetrics":
+        from trackssl_agent import openmetrics  # noqa: PLC0415 - only for this format
+
+        return openmetrics.render(results)
+    return "\n".join(output.render_text(r, now) for r in results)
+
+
+def emit(text: str, output_path: Path | None) -> None:
+    """Print ``text`` on stdout, or replace ``output_path`` with it atomically."""
+    if output_path is None:
+        click.echo(text, nl=False)
+    else:
+        output_file.write_atomic(output_path, text.encode("utf-8"))
+
+
+def render_results(results: Sequence[ProbeResult], *, fmt: str, now: datetime) -> None:
+    """Print results in ``fmt`` on stdout."""
+    emit(format_results(results, fmt=fmt, now=now), None)
+
+
+def _pem_text(results: Sequence[ProbeResult]) -> str:
+    """The chains retrieved, as PEM; each target that failed named on stderr."""
+    for result in results:
+        if not result.ok:
+            click.echo(f"{result.target.text}: {result.error}", err=True)
+    return "".join(output.render_pem(r) for r in results if r.ok)
 
 
 @click.command()
 @click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
 @probe_options
+@output_option
 @click.option("--servername", help="SNI to send [default: the host, none for an IP literal].")
 @click.option("--pem", is_flag=True, help="Print the presented chain as PEM, leaf first.")
 def probe(
@@ -46,10 +73,12 @@ def probe(
     timeout: float | None,
     ipv4: bool,
     ipv6: bool,
+    chosen_format: str | None,
     as_json: bool,
     warn_days: int,
     crit_days: int,
     starttls: str,
+    output_path: Path | None,
     servername: str | None,
     pem: bool,
 ) -> int:
@@ -59,8 +88,12 @@ def probe(
     pop3s, smtps, tls, smtp, submission, lmtp, imap, pop3, ftp, ldap, xmpp, xmpp-server,
     nntp, sieve, postgres, mysql, rdp, mssql).
     """
-    if pem and as_json:
-        raise UsageError("--pem and --json exclude each other")
+    fmt = output_format(as_json=as_json, chosen=chosen_format)
+    if pem and fmt != "text":
+        given = "--json" if as_json else f"--format {fmt}"
+        raise UsageError(f"--pem and {given} exclude each other")
+    if output_path is not None:
+        output_file.check_writable(output_path)
     setup_logging(level="warning")
     parsed = [parse_target(text, starttls=starttls) for text in targets]
     sni = None
@@ -78,12 +111,6 @@ def probe(
     )
     results = run_probes(parsed, probe_settings, concurrency=settings.DEFAULT_CONCURRENCY)
     now = datetime.now(UTC)
-    if pem:
-        for result in results:
-            if result.ok:
-                click.echo(output.render_pem(result), nl=False)
-            else:
-                click.echo(f"{result.target.text}: {result.error}", err=True)
-    else:
-        render_results(results, as_json=as_json, now=now)
+    text = _pem_text(results) if pem else format_results(results, fmt=fmt, now=now)
+    emit(text, output_path)
     return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
