@@ -15,7 +15,8 @@ Sections (``--only``, comma-separated): ``2000`` and ``10000`` (LF and check-onc
 CPU per target, peak RSS), ``delay`` (API requests delayed --delay, --delay-targets
 targets), ``silent`` (10 % silent targets vs all live, check-once), ``rss`` (``run`` with
 the test hook ``_TRACKSSL_TEST_TIME_SCALE``: idle VmRSS between cycles), ``startup``
-(``--version`` and ``--help``, venv and frozen builds in dist/ when present).
+(``--version`` and ``--help``, venv and frozen builds in dist/ when present), ``discover``
+(issue 13: ``discover`` of 127.0.0.0/24 x 20 ports, mostly closed, a few TLS servers).
 
     python scripts/bench_cycle.py                # everything, medians of 3 (about 15 min)
     python scripts/bench_cycle.py --only 2000    # one section
@@ -60,7 +61,7 @@ from scripts.bench_nginx import (  # noqa: E402
 AUTH_TOKEN = "bench-auth-token-0123456789"  # noqa: S105 - a benchmark-only token
 AGENT_TOKEN = "bench-agent"  # noqa: S105 - a public id
 SCRIPTS = ROOT / "scripts"
-SECTIONS = ("2000", "10000", "delay", "silent", "rss", "startup")
+SECTIONS = ("2000", "10000", "delay", "silent", "rss", "startup", "discover")
 MB = 1_000_000
 
 
@@ -579,6 +580,49 @@ class Bench:
                     f"{wall * 1000:.0f} ms",
                 )
 
+    def section_discover(self) -> None:
+        """``discover`` of 127.0.0.0/24 x 20 ports, mostly closed: wall time (issue 13)."""
+        from tests.certs import make_chain  # noqa: PLC0415 - only once the path is set
+        from tests.tls_servers import TcpServer, server_context, tls_handler  # noqa: PLC0415
+
+        base, rate = self.args.discover_base_port, self.args.discover_rate
+        context = server_context(make_chain(self.workdir / "discover", kind=self.args.key))
+        # Five TLS endpoints among the 5,080 pairs, on different addresses and ports.
+        servers = [
+            TcpServer(tls_handler(context), host=f"127.0.0.{10 * n}", port=base + 4 * n - 1)
+            for n in range(1, 6)
+        ]
+        command = [
+            sys.executable, "-m", "trackssl_agent", "discover", "127.0.0.0/24",
+            "--ports", f"{base}-{base + 19}", "--rate", str(rate),
+            "--concurrency", str(self.args.discover_concurrency), "--timeout", "5",
+        ]  # fmt: skip
+        self.report.say(
+            f"\n== discover 127.0.0.0/24 x 20 ports, {len(servers)} TLS servers, --rate {rate} =="
+        )
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(
+                command, env=clean_env({"PYTHONPATH": str(ROOT)}), cwd=self.workdir,
+                capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+        finally:
+            wall = time.perf_counter() - started
+            for server in servers:
+                server.close()
+        found = len(done.stdout.splitlines())
+        summary = (done.stderr.strip().splitlines() or [""])[-1]
+        self.report.figures["discover"] = {"wall_s": wall, "found": found, "summary": summary}
+        self.report.say(f"  {summary}; wall {wall:.2f} s (process start to exit)")
+        if done.returncode != 0 or found != len(servers):
+            self.report.fail(
+                f"discover: exit {done.returncode}, {found} of {len(servers)} TLS servers found; "
+                f"stderr: {done.stderr.strip()[-300:]}"
+            )
+        self.report.goal(
+            "discover /24 x 20 ports, mostly closed, <= 5 s", wall <= 5.0, f"{wall:.2f} s"
+        )
+
 
 def med(runs: list[ChildRun], name: str) -> float:
     """Median of one attribute."""
@@ -680,6 +724,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rss-interval", type=float, default=0.0, help="seconds; 0: from the measured cycle")
     add("--settle", type=float, default=1.0, help="idle seconds before sampling VmRSS")
     add("--startup-reps", type=int, default=10)
+    add("--discover-base-port", type=int, default=24000, help="first of discover's 20 ports")
+    add("--discover-rate", type=int, default=20000, help="discover's --rate")
+    add("--discover-concurrency", type=int, default=256, help="discover's --concurrency")
     add("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     args.sizes = [2000, 10000]
@@ -730,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
                         sections[name]()
         if "startup" in args.sections:
             bench.section_startup()
+        if "discover" in args.sections:
+            bench.section_discover()
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -417,10 +417,11 @@ def _serve_tls(conn: socket.socket, context: ssl.SSLContext) -> None:
         tls.recv(1)
 
 
-def nntp_server(chain: Chain | None) -> TcpServer:
+def nntp_server(chain: Chain | None, *, host: str = "127.0.0.1", port: int = 0) -> TcpServer:
     """NNTP per RFC 3977 and RFC 4642: greeting 200, CAPABILITIES, STARTTLS -> 382 or 580.
 
     No NNTP server in Debian runs without a news spool and cron jobs, hence this one.
+    ``port`` 0 is a free one; the well-known 119 needs root.
     """
     context = server_context(chain) if chain is not None else None
 
@@ -443,7 +444,7 @@ def nntp_server(chain: Chain | None) -> TcpServer:
             else:
                 conn.sendall(b"500 Unknown command\r\n")
 
-    return TcpServer(handle)
+    return TcpServer(handle, host=host, port=port)
 
 
 def rdp_server(chain: Chain, *, failure: int | None = None) -> TcpServer:

@@ -25,11 +25,13 @@ Handler = Callable[[socket.socket], None]
 class TcpServer:
     """A loopback listener that hands each accepted connection to ``handler`` in a thread."""
 
-    def __init__(self, handler: Handler, *, host: str = "127.0.0.1", accept: bool = True) -> None:
+    def __init__(
+        self, handler: Handler, *, host: str = "127.0.0.1", port: int = 0, accept: bool = True
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))  # port 0: a free one
         self.sock.listen(256)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
