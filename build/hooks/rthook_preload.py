@@ -12,13 +12,17 @@ start-up: the API client verifies with the OS trust store (truststore), not cert
 the configuration and ``TRACKSSL_CA_BUNDLE`` live outside the folder.
 """
 
-import contextlib
-import ctypes
-import importlib
-import importlib.machinery
+from __future__ import annotations
+
 import sys
-import zipfile
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Every command runs this hook, and a module imported here is one more read from the archive
+# before ``--version`` can answer (zipfile, ctypes and pathlib pull in some sixty): the
+# modules it needs are imported inside the functions, which run for ``run`` only.
 
 # Commands that live long enough to meet a temp cleaner.
 _LONG_RUNNING = frozenset({"run"})
@@ -26,6 +30,8 @@ _LONG_RUNNING = frozenset({"run"})
 
 def _bundle_dir() -> Path | None:
     """The extraction folder of a single-file build; None for a folder build or no freeze."""
+    from pathlib import Path  # noqa: PLC0415 - see the imports
+
     meipass = getattr(sys, "_MEIPASS", None)
     if meipass is None:
         return None
@@ -39,6 +45,9 @@ def _bundle_dir() -> Path | None:
 
 def _extension_modules(bundle: Path) -> list[str]:
     """Dotted names of the extension modules under the sys.path entries inside ``bundle``."""
+    import importlib.machinery  # noqa: PLC0415 - see the imports
+    from pathlib import Path  # noqa: PLC0415
+
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     roots = sorted(
         {Path(entry).resolve() for entry in sys.path if entry and Path(entry).is_dir()},
@@ -62,6 +71,8 @@ def _extension_modules(bundle: Path) -> list[str]:
 
 def _base_library_modules(bundle: Path) -> list[str]:
     """Dotted names of the modules in ``base_library.zip`` (encodings and the like)."""
+    import zipfile  # noqa: PLC0415 - see the imports
+
     archive = bundle / "base_library.zip"
     if not archive.is_file():
         return []
@@ -79,6 +90,9 @@ def _base_library_modules(bundle: Path) -> list[str]:
 
 
 def _import_all(names: list[str]) -> None:
+    import contextlib  # noqa: PLC0415 - see the imports
+    import importlib  # noqa: PLC0415
+
     for name in names:
         # A module for another platform (encodings.mbcs on Linux, say) fails to import;
         # it would fail the same way later, so there is nothing to keep.
@@ -93,6 +107,9 @@ def _map_shared_objects(bundle: Path) -> None:
     glibc dlopens libgcc_s only when a thread first exits through pthread_exit (at shutdown,
     say), and a mypyc-compiled package loads its modules' shim files only on demand.
     """
+    import contextlib  # noqa: PLC0415 - see the imports
+    import ctypes  # noqa: PLC0415
+
     for path in sorted(bundle.rglob("*")):
         name = path.name.lower()
         if path.is_file() and (".so" in name or name.endswith((".dylib", ".dll", ".pyd"))):
@@ -101,9 +118,11 @@ def _map_shared_objects(bundle: Path) -> None:
 
 
 def _preload() -> None:
-    bundle = _bundle_dir()
     # Options come after the subcommand (SPEC section 2), so argv[1] names the command.
-    if bundle is None or len(sys.argv) < 2 or sys.argv[1] not in _LONG_RUNNING:
+    if len(sys.argv) < 2 or sys.argv[1] not in _LONG_RUNNING:
+        return
+    bundle = _bundle_dir()
+    if bundle is None:
         return
     _import_all(_base_library_modules(bundle))
     _import_all(_extension_modules(bundle))
