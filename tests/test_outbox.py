@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from trackssl_agent import outbox, outbox_format
 from trackssl_agent.errors import LockError
 from trackssl_agent.lock import StateLock
-from trackssl_agent.outbox import JsonBytes, Outbox, Record, write_atomic
+from trackssl_agent.outbox import JsonBytes, Outbox, Record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,15 +115,6 @@ def test_torn_and_corrupt_files_are_handled(tmp_path: Path) -> None:
     assert [r.domain_id for r in again.pending()] == [1]
     assert not (tmp_path / ".seg-000000000099.json.tmp").exists()
     assert (tmp_path / "seg-000000000050.json.corrupt").exists()
-
-
-def test_write_atomic_replaces_whole_files(tmp_path: Path) -> None:
-    """write_atomic leaves the new content and no temporary file."""
-    target = tmp_path / "f.json"
-    write_atomic(target, b"old")
-    write_atomic(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 _WRITER = """

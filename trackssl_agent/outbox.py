@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trackssl_agent import log
-from trackssl_agent.outbox_disk import DEFERRED, SegmentFiles, write_atomic
+from trackssl_agent.outbox_disk import DEFERRED, SegmentFiles
 from trackssl_agent.outbox_format import (
     DEFAULT_LIMIT,
     MAX_RECORD_BYTES,
@@ -49,7 +49,6 @@ __all__ = [
     "Record",
     "encode",
     "parse_segment",
-    "write_atomic",
 ]
 
 logger = log.get_logger(__name__)

@@ -13,11 +13,10 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from pathlib import Path
 
 from trackssl_agent import log
 from trackssl_agent.outbox_format import Loaded, Record, encode, parse_segment
-from trackssl_agent.statedir import Folder, open_folder
+from trackssl_agent.statedir import Folder
 
 # The outbox's own logger name, so its warnings read (and filter) as they always did.
 logger = log.get_logger("trackssl_agent.outbox")
@@ -29,12 +28,6 @@ _NAME_TRIES = 1000
 
 DEFERRED = Loaded()
 """``SegmentFiles.read``'s answer for a segment left for a later load."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
-    with open_folder(path.parent) as folder:
-        _write_in(folder, path.name, data)
 
 
 def _write_in(folder: Folder, name: str, data: bytes) -> None:
