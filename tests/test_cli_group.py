@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,17 +11,19 @@ import pytest
 from click.testing import CliRunner
 
 from trackssl_agent import __version__
-from trackssl_agent.cli import VERSION_LINE
-from trackssl_agent.cli.group import COMMANDS, cli
+from trackssl_agent.cli.group import cli
+from trackssl_agent.cli.table import COMMANDS, VERSION_LINE, render_group_help
 
 from .cli_helpers import run_cli
 
 
-def _fresh_python(code: str) -> str:
-    """Run ``code`` in a new interpreter (nothing imported yet); return its stdout."""
+def _fresh_python(code: str, *, columns: int = 80) -> str:
+    """Run ``code`` in a new interpreter (nothing imported yet) on a terminal ``columns``
+    wide; return its stdout."""
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, "COLUMNS": str(columns)},
+    )  # fmt: skip
     return done.stdout
 
 
@@ -45,24 +48,51 @@ def test_version_imports_neither_click_nor_the_engine() -> None:
     loaded_names = modules.split()
     assert version == VERSION_LINE + "\n"
     assert "click" not in loaded_names
-    assert not [name for name in loaded_names if name.startswith("trackssl_agent.") and
-                name not in {"trackssl_agent.cli", "trackssl_agent.errors"}]  # fmt: skip
+    allowed = {"trackssl_agent.cli", "trackssl_agent.cli.table", "trackssl_agent.errors"}
+    assert not [n for n in loaded_names if n.startswith("trackssl_agent.") and n not in allowed]
 
 
-def test_group_help_imports_no_command_module() -> None:
-    """``--help`` lists the commands from the table without importing any of them."""
-    loaded = _fresh_python(
-        "import sys\n"
-        "from trackssl_agent.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print('MODULES', ' '.join(sorted(sys.modules)))"
-    )
+_HELP_CODE = (
+    "import sys\n"
+    "from trackssl_agent.cli import main\n"
+    "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    "print('MODULES', ' '.join(sorted(sys.modules)))"
+)
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_group_help_on_a_wide_terminal_imports_neither_click_nor_a_command(columns: int) -> None:
+    """``--help`` at 80 columns or more is written from the table, without click."""
+    loaded = _fresh_python(_HELP_CODE, columns=columns)
+    modules = loaded.split("MODULES", 1)[1].split()
+    assert "click" not in modules
+    assert not {entry.module for entry in COMMANDS.values()} & set(modules)
+    for name in COMMANDS:
+        assert f"  {name}  " in loaded
+
+
+def test_group_help_on_a_narrow_terminal_uses_click_and_no_command() -> None:
+    """Below 80 columns click wraps the help, still without importing any command."""
+    loaded = _fresh_python(_HELP_CODE, columns=60)
     modules = loaded.split("MODULES", 1)[1].split()
     assert "click" in modules
     assert not {entry.module for entry in COMMANDS.values()} & set(modules)
     assert "trackssl_agent.probe" not in modules
-    for name in COMMANDS:
-        assert f"  {name}  " in loaded
+
+
+@pytest.mark.parametrize("columns", [60, 79, 80, 120, 300])
+def test_group_help_is_what_click_writes(columns: int) -> None:
+    """The table's rendering of ``--help`` equals click's, whatever the terminal width
+    (both in real processes: click's test runner forces its own width)."""
+    ours = _fresh_python("from trackssl_agent.cli import main\nmain(['--help'])", columns=columns)
+    by_click = _fresh_python(
+        "from trackssl_agent.cli.group import cli\n"
+        "cli.main(['--help'], prog_name='trackssl-agent')",
+        columns=columns,
+    )
+    assert ours == by_click
+    assert ours.startswith("Usage: trackssl-agent [OPTIONS] COMMAND [ARGS]...\n")
+    assert (render_group_help(columns) is None) == (columns < 80)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

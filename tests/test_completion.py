@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trackssl_agent.cli.group import COMMANDS
+from trackssl_agent.cli.table import COMMANDS
 
 AGENT = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "trackssl-agent"
 VARIABLE = "_TRACKSSL_AGENT_COMPLETE"

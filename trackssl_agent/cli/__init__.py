@@ -13,11 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from trackssl_agent import __version__
+from trackssl_agent.cli.table import VERSION_LINE, render_group_help
 from trackssl_agent.errors import AgentError, ExitCode
-
-VERSION_LINE = f"trackssl-agent {__version__}"
-"""``--version``'s output (SPEC section 2); the group's version option prints the same."""
 
 
 def __getattr__(name: str) -> Any:
@@ -32,11 +29,19 @@ def __getattr__(name: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry: run the CLI and exit with the code ``report`` decides."""
-    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
-        # What click's version option prints, without click's 50 ms of imports: the
-        # line a support request quotes, and what wrappers run to check an install.
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:
+        # What click's version option prints, without click's imports: the line a support
+        # request quotes, and what wrappers run to check an install.
         print(VERSION_LINE)
         sys.exit(ExitCode.OK)
+    if args in (["--help"], ["-h"]):
+        import shutil  # noqa: PLC0415 - only here
+
+        text = render_group_help(shutil.get_terminal_size().columns)
+        if text is not None:
+            sys.stdout.write(text)
+            sys.exit(ExitCode.OK)
     import click  # noqa: PLC0415 - see above
 
     from trackssl_agent.cli.group import cli  # noqa: PLC0415

@@ -25,7 +25,7 @@ from trackssl_agent.cli.options import (
     setting_options,
 )
 from trackssl_agent.cli.probe_command import emit, format_results, render_results
-from trackssl_agent.errors import AgentError, UsageError
+from trackssl_agent.errors import AgentError, ExitCode, UsageError
 from trackssl_agent.log import get_logger
 from trackssl_agent.probe import address_family
 from trackssl_agent.report import Thresholds, probe_exit_code
@@ -180,7 +180,7 @@ def show_config(config_path: Path | None) -> int:
         click.echo(f"{key:<{width}}  {value}  [{origin}]")
     for warning in cfg.warnings:
         click.echo(f"warning: {warning}", err=True)
-    return 0
+    return ExitCode.OK
 
 
 @click.command()

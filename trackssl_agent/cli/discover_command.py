@@ -14,6 +14,7 @@ from trackssl_agent import config, output_file, settings
 from trackssl_agent.cli.options import config_option, family_option, output_option, setting_option
 from trackssl_agent.discover import default_ports, make_resolver, parse_ports, plan
 from trackssl_agent.discover_scan import DEFAULT_RATE, render_json, render_targets, scan
+from trackssl_agent.errors import ExitCode
 from trackssl_agent.probe import ProbeSettings, address_family
 
 _DEFAULT_PORTS = ",".join(str(port) for port in default_ports())
@@ -120,4 +121,4 @@ def discover(
         click.echo(text, nl=False)
     else:
         output_file.write_atomic(output_path, text.encode("utf-8"))
-    return 0
+    return ExitCode.OK  # the scan completed, whatever it found

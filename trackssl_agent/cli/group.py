@@ -1,56 +1,17 @@
 """The click group: a table of commands whose modules are imported only when one runs.
 
-``--help`` lists the commands from the table's summaries, so it imports none of them.
+``--help`` lists the commands from the table's summaries (``table``), so it imports none
+of them.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
 
 import click
 
 from trackssl_agent import __version__
-
-
-class Entry(NamedTuple):
-    """One command of the group: where it lives and its line in the group's help.
-
-    A NamedTuple, not a dataclass: importing ``dataclasses`` costs ``--version`` 13 ms.
-    """
-
-    module: str
-    attribute: str
-    summary: str
-
-
-COMMANDS: dict[str, Entry] = {
-    "check-once": Entry(
-        "trackssl_agent.cli.cycle_commands", "check_once",
-        "Run exactly one cycle, then exit: for cron, CI and the Task Scheduler.",
-    ),
-    "config": Entry(
-        "trackssl_agent.cli.cycle_commands", "show_config",
-        "Show the effective configuration, where each value comes from; the token redacted.",
-    ),
-    "discover": Entry(
-        "trackssl_agent.cli.discover_command", "discover",
-        "Find the TLS endpoints of NETWORK... and print them as a targets file for check-once.",
-    ),
-    "doctor": Entry(
-        "trackssl_agent.cli.doctor_command", "doctor_command",
-        "Check configuration, tokens, API connection, clock, state dir and engine, one line each.",
-    ),
-    "probe": Entry(
-        "trackssl_agent.cli.probe_command", "probe",
-        "Probe TARGET... now and show what each presents; never talks to the cloud.",
-    ),
-    "run": Entry(
-        "trackssl_agent.cli.cycle_commands", "run",
-        "Run cycles until stopped: one at once, then one every --interval.",
-    ),
-}  # fmt: skip
-"""The commands, by name. Adding a command is one entry here and its module."""
+from trackssl_agent.cli.table import COMMANDS, GROUP_HELP
 
 
 class LazyGroup(click.Group):
@@ -78,4 +39,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, message=f"trackssl-agent {__version__}")
 def cli() -> None:
-    """Watch the TLS certificates of servers inside a private network for TrackSSL."""
+    pass
+
+
+cli.help = GROUP_HELP
