@@ -352,3 +352,23 @@ def test_modes_are_0700_and_0600_whatever_the_umask(tmp_path: Path, umask: int) 
     (segment,) = (state / "outbox").glob("seg-*.json")
     assert segment.stat().st_mode & 0o777 == 0o600
     assert [r.domain_id for r in Outbox.open(state / "outbox").pending()] == [1]
+
+
+def test_folder_lists_every_entry_after_a_listing_another_process_left_half_done(
+    tmp_path: Path,
+) -> None:
+    """A listing through a copy of the folder's fd (a forked cycle killed mid-listing)
+    moves the position every copy shares; the folder still lists every entry."""
+    import ctypes  # noqa: PLC0415 - only this test reads a directory the C way
+
+    for number in range(50):
+        (tmp_path / f"seg-{number:012d}.json").write_bytes(b"")
+    with open_folder(tmp_path) as folder:
+        assert folder.fd is not None
+        libc = ctypes.CDLL(None)
+        libc.fdopendir.restype = ctypes.c_void_p
+        libc.readdir.restype = ctypes.c_void_p
+        copy = libc.fdopendir(os.dup(folder.fd))  # never closed: as a killed process leaves it
+        for _ in range(30):
+            libc.readdir(ctypes.c_void_p(copy))
+        assert len(folder.names()) == 50

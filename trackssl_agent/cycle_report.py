@@ -1,10 +1,13 @@
 """What one API cycle did, and its one rendering: the figures line that ``check-once``
-prints and ``run`` logs (with the same words), and the same figures as JSON log fields."""
+prints and ``run`` logs (with the same words), and the same figures as JSON log fields;
+and its JSON encoding, by which a cycle run in a child process hands it to ``run``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trackssl_agent.errors import ExitCode
 from trackssl_agent.log import LogLine
@@ -86,3 +89,59 @@ class CycleReport:
                 "state_problem": self.state_problem,
             },
         )
+
+    def to_json(self) -> str:
+        """This report as one JSON object, without ``results`` (which stay where the cycle
+        ran); ``from_json`` reads it back."""
+        return json.dumps(
+            {
+                "domains": self.domains,
+                "skipped": self.skipped,
+                "retrieved": self.retrieved,
+                "failed": dict(self.failed),
+                "delivered": self.delivered,
+                "queued": self.queued,
+                "rejected": self.rejected,
+                "backlog": self.backlog,
+                "elapsed_s": self.elapsed_s,
+                "exit_code": int(self.exit_code),
+                "problem": self.problem,
+                "state_problem": self.state_problem,
+                "unsaved": self.unsaved,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CycleReport:
+        """The report ``to_json`` wrote; ValueError for anything else."""
+        try:
+            data = json.loads(text)
+            return cls(
+                domains=_count(data["domains"]),
+                skipped=_count(data["skipped"]),
+                retrieved=_count(data["retrieved"]),
+                failed={str(k): _count(v) for k, v in dict(data["failed"]).items()},
+                delivered=_count(data["delivered"]),
+                queued=_count(data["queued"]),
+                rejected=_count(data["rejected"]),
+                backlog=_count(data["backlog"]),
+                elapsed_s=float(data["elapsed_s"]),
+                exit_code=ExitCode(data["exit_code"]),
+                problem=_text(data["problem"]),
+                state_problem=_text(data["state_problem"]),
+                unsaved=_count(data["unsaved"]),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a cycle report: {type(exc).__name__}: {exc}") from exc
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"not text: {value!r}")
+    return value

@@ -73,6 +73,15 @@ class StateDir:
             self._lock.release()
             self._lock = None
 
+    @property
+    def notice_pending(self) -> bool:
+        """Whether the once-said line about the missing lock is still to be said."""
+        return self._trouble is not None
+
+    def notice_said(self) -> None:
+        """The line was said elsewhere: by a cycle run in a child process (``run``)."""
+        self._trouble = None
+
     def outbox(self) -> Outbox:
         """This cycle's outbox, which ``run_cycle`` closes; one that stores nothing when the
         state dir cannot be used (the reason logged here, once)."""

@@ -121,6 +121,32 @@ def setup_logging(
     return logger
 
 
+def reopen_log_files() -> None:
+    """Make the agent's log-file handlers open their file afresh at the next record.
+
+    ``run`` calls this after each cycle run in a child process: the child wrote through
+    copies of these handlers, and a rotation there renamed the file this process still has
+    open. ``FileHandler.emit`` opens the file again when its stream is None.
+    """
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        handler.acquire()
+        try:
+            stream = handler.stream
+            handler.stream = None  # FileHandler.emit opens the file when it finds None
+            if stream is not None:
+                stream.close()
+        finally:
+            handler.release()
+
+
+def flush_logs() -> None:
+    """Flush every handler of the agent's logger (before ``os._exit``)."""
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        handler.flush()
+
+
 @dataclass(frozen=True)
 class LogLine:
     """A log line's text and, for ``--log-format json``, its fields."""

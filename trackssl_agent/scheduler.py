@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import schedule
 
-from trackssl_agent import __version__, compose
+from trackssl_agent import __version__, compose, isolation
 from trackssl_agent.config import Config
 from trackssl_agent.cycle_report import CycleReport
 from trackssl_agent.cycle_state import StateDir
@@ -332,7 +332,8 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
 
     The lock is held for the whole run, not per cycle, so a second agent on the same
     state dir is refused at once rather than at its first cycle. Each cycle gets a fresh
-    API session and outbox handle, so nothing per-target survives between cycles.
+    API session and outbox handle, so nothing per-target survives between cycles; on
+    Linux each cycle runs in a child process (``isolation``), so nothing at all does.
     """
     limit_malloc_arenas()
     agent_token = compose.api_settings(conf).agent_token  # ConfigError before anything starts
@@ -340,15 +341,17 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
     timing = Timing.for_interval(conf.interval, scale=scale)
     stop = threading.Event()
 
-    def one_cycle() -> CycleReport:
-        return compose.api_cycle(conf, state=state, stop=stop, family=family)
+    def work(cycle_stop: threading.Event) -> CycleReport:
+        return compose.api_cycle(conf, state=state, stop=cycle_stop, family=family)
 
     # The state dir is checked at start (exit 3 if unsafe or locked); when it cannot be
     # used, each cycle posts directly and says so.
     state = StateDir(conf.state_dir)
+    cycles = isolation.CycleProcess(stop=stop, state=state)
     # The stop signals are caught before the lock is taken, so a stop request during
-    # start-up is a clean stop too (no KeyboardInterrupt, no death by SIGTERM).
-    with stopping_on_signals(stop), state:
+    # start-up is a clean stop too (no KeyboardInterrupt, no death by SIGTERM). Exiting
+    # at once kills a running cycle's child first.
+    with stopping_on_signals(stop, exit_now=cycles.exit_now), state:
         start = startup_line(
             version=__version__,
             interval=conf.interval,
@@ -365,7 +368,9 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
                 scale,
                 scale,
             )
-        count = run_loop(job=one_cycle, timing=timing, stop=stop, describe=CycleReport.log_line)
+        count = run_loop(
+            job=lambda: cycles.run(work), timing=timing, stop=stop, describe=cycles.describe
+        )
     logger.info(
         "stopped after %d cycle(s)", count, extra={"fields": {"event": "stopped", "cycles": count}}
     )

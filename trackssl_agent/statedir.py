@@ -112,7 +112,13 @@ class Folder:
 
     def names(self) -> list[str]:
         """The entries of the folder."""
-        return os.listdir(self.fd if self.fd is not None else self.path)  # noqa: PTH208 - by fd
+        if self.fd is None:
+            return os.listdir(self.path)  # noqa: PTH208
+        # listdir reads through a duplicate of the fd, which shares its position with every
+        # copy, a forked cycle's (``isolation``) included; one killed mid-listing would leave
+        # the position past some entries. Start from the top.
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return os.listdir(self.fd)  # noqa: PTH208 - by fd
 
     def lstat(self, name: str) -> os.stat_result:
         """The entry itself, a link not followed."""
