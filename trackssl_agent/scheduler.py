@@ -32,7 +32,7 @@ from trackssl_agent import __version__, compose, isolation
 from trackssl_agent.config import Config
 from trackssl_agent.cycle_report import CycleReport
 from trackssl_agent.cycle_state import StateDir
-from trackssl_agent.errors import ApiError
+from trackssl_agent.errors import ApiError, ExitCode
 from trackssl_agent.log import LogLine, get_logger
 from trackssl_agent.memory import limit_malloc_arenas
 from trackssl_agent.signals import stopping_on_signals
@@ -374,4 +374,4 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
     logger.info(
         "stopped after %d cycle(s)", count, extra={"fields": {"event": "stopped", "cycles": count}}
     )
-    return 0
+    return ExitCode.OK
