@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,18 @@ import pytest
 from tests.api_server import ApiServer
 from tests.certs import Chain, make_chain
 from tests.tls_servers import TcpServer, server_context, silent_server, tls_server
+from trackssl_agent.log import LOGGER_NAME
+
+
+@pytest.fixture(autouse=True)
+def _agent_logging_reset() -> Iterator[None]:
+    """Each test starts and ends without the agent's log handlers: a handler bound to a
+    stream pytest captured for one test (and closed) must not reach the next."""
+    yield
+    agent = logging.getLogger(LOGGER_NAME)
+    for handler in list(agent.handlers):
+        agent.removeHandler(handler)
+        handler.close()
 
 
 @pytest.fixture

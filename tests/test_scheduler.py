@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import os
 import random
@@ -12,13 +13,14 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import schedule
 
 from trackssl_agent import scheduler
 from trackssl_agent.errors import ApiError
-from trackssl_agent.log import LogLine
+from trackssl_agent.log import LogLine, setup_logging
 from trackssl_agent.scheduler import Timing, format_seconds, run_loop, startup_line
 from trackssl_agent.settings import check_url
 from trackssl_agent.signals import (
@@ -354,6 +356,32 @@ def test_copies_within_the_window_are_one_request_a_later_signal_exits() -> None
     assert requests.receive(100.000001) is Verdict.SAME
     assert requests.receive(100.0 + SECOND_AFTER - 0.01) is Verdict.SAME
     assert requests.receive(100.0 + SECOND_AFTER) is Verdict.EXIT
+
+
+@pytest.mark.usefixtures("stop_handlers")
+def test_a_broken_log_stream_does_not_prevent_the_exit_now(tmp_path: Path) -> None:
+    """With the log's stream closed (stderr gone, say), a second signal still exits."""
+    broken = (tmp_path / "stderr").open("w")  # a closed file refuses flush(), as stderr would
+    setup_logging(stream=broken)
+    broken.close()
+    stop = threading.Event()
+    exited = threading.Event()
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    try:
+        with stopping_on_signals(stop, exit_now=fake_exit, second_after=0.3):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(2)
+            time.sleep(0.4)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert exited.wait(2)
+    finally:
+        setup_logging(stream=io.StringIO())
+    assert codes == [128 + signal.SIGTERM]
 
 
 @pytest.mark.usefixtures("stop_handlers")

@@ -78,8 +78,11 @@ class StopRequests:
 
 
 def _flush_logs() -> None:
+    """Flush the agent's log handlers; one that cannot (its stream closed, its disk full)
+    must not keep the process from exiting."""
     for handler in logging.getLogger(LOGGER_NAME).handlers:
-        handler.flush()
+        with suppress(Exception):
+            handler.flush()
 
 
 def _name(signum: int) -> str:
@@ -164,13 +167,15 @@ class _Watcher:
                 after,
             )
         else:
-            logger.warning(
-                "received %s again: exiting now; the outbox keeps undelivered results",
-                name,
-                extra={"fields": {"event": "exit_now", "signal": name}},
-            )
-            _flush_logs()
-            self.exit_now(signal_exit_code(signum))
+            try:
+                logger.warning(
+                    "received %s again: exiting now; the outbox keeps undelivered results",
+                    name,
+                    extra={"fields": {"event": "exit_now", "signal": name}},
+                )
+                _flush_logs()
+            finally:  # the operator insists: nothing a log handler does may prevent the exit
+                self.exit_now(signal_exit_code(signum))
 
     def close(self) -> None:
         """End the thread and free the socket pair."""
