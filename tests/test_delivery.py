@@ -7,7 +7,7 @@ import json
 import threading
 from pathlib import Path
 
-from tests.api_server import OK, ApiServer, Reply
+from tests.api_server import HANG, OK, ApiServer, Reply
 from trackssl_agent.api import ApiClient, ApiSettings
 from trackssl_agent.delivery import CAP, Concurrency, Delivery
 from trackssl_agent.outbox import JsonBytes, Outbox, Record
@@ -104,4 +104,36 @@ def test_backlog_first_newest_wins_and_a_429_is_retried(
     assert sorted(posted[4:]) == sorted([(3, "new")] + [(n, "new") for n in range(10, 20)])
     assert (delivery.delivered, delivery.failure, len(box)) == (15, None, 0)
     assert len(api_server.posts()) == 16  # the post answered 429 was sent again
+    box.close()
+
+
+def test_the_cycle_waits_for_room_while_posts_lag_and_not_once_stopped(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """``wait_for_room`` holds the cycle while more new records wait for a poster than it
+    allows (posts hang here), and lets it go at once when the cycle is stopped."""
+    api_server.fail("certificate", HANG)
+    box = Outbox.open(tmp_path)
+    records = [record(n, "new") for n in range(1, 11)]
+    box.add(records)
+    stop = threading.Event()
+    settings = ApiSettings(
+        url=api_server.url,
+        auth_token=Secret(api_server.auth_token),
+        agent_token=api_server.agent_token,
+    )
+    with ApiClient(settings, sleep=lambda _s: None, proxies={}) as client:
+        delivery = Delivery(client=client, outbox=box, stop=stop, initial=1, cap=1)
+        delivery.put(records)
+        waiter = threading.Thread(target=delivery.wait_for_room, kwargs={"most": 3})
+        waiter.start()
+        waiter.join(0.6)
+        assert waiter.is_alive()  # 9 records wait for the one hung poster
+        stop.set()
+        waiter.join(2)
+        assert not waiter.is_alive()
+        api_server.clear()  # later requests are answered...
+        api_server.release()  # ...and the hung one too
+        delivery.finish()
+    assert len(box) == 10 - delivery.delivered  # nothing lost: the rest waits in the outbox
     box.close()

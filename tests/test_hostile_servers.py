@@ -21,7 +21,8 @@ from tests.protocol_servers import scripted_server
 from tests.tls_servers import GnutlsServer, TcpServer, running, server_context, tls_server
 from trackssl_agent import output
 from trackssl_agent.certificates import summarize, to_pem
-from trackssl_agent.probe import ProbeSettings, probe, probe_many
+from trackssl_agent.probe import ProbeSettings, probe
+from trackssl_agent.probe_pool import probe_many
 from trackssl_agent.results import ErrorKind, ProbeResult
 from trackssl_agent.targets import parse_target
 from trackssl_agent.transport import Conn, Deadline

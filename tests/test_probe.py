@@ -16,13 +16,8 @@ import pytest
 from tests import tls_servers
 from tests.certs import Chain, make_chain, self_signed
 from trackssl_agent.certificates import summarize
-from trackssl_agent.probe import (
-    ProbeSettings,
-    client_context,
-    probe,
-    probe_many,
-    start_probes,
-)
+from trackssl_agent.probe import ProbeSettings, client_context, probe
+from trackssl_agent.probe_pool import probe_many, start_probes
 from trackssl_agent.results import ErrorKind, ProbeError
 from trackssl_agent.settings import spec
 from trackssl_agent.targets import parse_target
@@ -276,6 +271,25 @@ def test_probe_many_stop_prevents_new_probes(rsa_server: tls_servers.TcpServer) 
     stop.set()
     targets = [parse_target(rsa_server.endpoint) for _ in range(10)]
     assert list(probe_many(targets, FAST, concurrency=2, stop=stop)) == []
+
+
+def test_workers_hold_results_back_while_too_many_wait_unread(
+    rsa_server: tls_servers.TcpServer,
+) -> None:
+    """With ``waiting`` results unread, each worker holds its next result back, so no more
+    targets are probed than the workers plus the waiting room; reading lets them go on."""
+    targets = [parse_target(rsa_server.endpoint) for _ in range(30)]
+    before = len(rsa_server.connections)  # the server is shared with other tests
+    probes = start_probes(targets, FAST, concurrency=2, waiting=3)
+    try:
+        time.sleep(1.5)  # nobody reads
+        assert len(rsa_server.connections) - before <= 3 + 2
+        seen = 0
+        while probes.get(timeout=10) is not None:
+            seen += 1
+        assert seen == 30
+    finally:
+        probes.halt()
 
 
 def test_many_targets_run_concurrently() -> None:

@@ -19,7 +19,8 @@ from trackssl_agent.cycle_report import CycleReport
 from trackssl_agent.delivery import INITIAL, Delivery
 from trackssl_agent.memory import release_memory
 from trackssl_agent.outbox import JsonBytes, Outbox, Record
-from trackssl_agent.probe import Probes, ProbeSettings, probe_many, start_probes
+from trackssl_agent.probe import ProbeSettings
+from trackssl_agent.probe_pool import Probes, probe_many, start_probes
 from trackssl_agent.results import ProbeResult
 from trackssl_agent.targets import Target
 
@@ -142,6 +143,8 @@ def _cycle(
     try:
         for batch in _batches(probes):
             _consume(batch, domains, outbox, delivery, tally)
+            if delivery is not None:
+                delivery.wait_for_room()  # the probes wait too once their queue is full
             if progress:
                 failed = sum(tally.failed.values())
                 progress(tally.retrieved + failed, len(domains), failed)

@@ -28,6 +28,10 @@ logger = log.get_logger(__name__)
 CAP = 32
 """Most posts in flight at once: a sane load on the API whatever its latency."""
 INITIAL = 4
+ROOM = 512
+"""New records at most waiting for a poster before the cycle stops taking results: on a busy
+machine 64 probe threads outran the posters, and at 10,000 targets 8,700 payloads (16 MiB)
+waited in memory while the posts lagged behind."""
 _INTERVAL = 0.25
 """Seconds between two looks at the throughput."""
 
@@ -92,7 +96,11 @@ class Delivery:
         self._client = client
         self._outbox = outbox
         self._stop = stop
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        """Posters wait on it for records."""
+        self._room = threading.Condition(lock)
+        """The cycle waits on it for fewer waiting records (``wait_for_room``)."""
         self._backlog: deque[Record] = deque()
         self._new: deque[Record] = deque()
         self._blocked: list[Record] = []
@@ -121,6 +129,13 @@ class Delivery:
             # One waiting poster per record: waking them all would wake up to CAP threads
             # for each batch, most to find nothing.
             self._cond.notify(len(records))
+
+    def wait_for_room(self, most: int = ROOM) -> None:
+        """Wait while more than ``most`` new records wait for a poster, so that results
+        never pile up faster than they are posted; at once when delivery has halted."""
+        with self._room:
+            while len(self._new) > most and not self._halted():
+                self._room.wait(0.5)
 
     def finish(self) -> None:
         """No more records; wait until every queued post is done or given up."""
@@ -219,6 +234,7 @@ class Delivery:
                         self.concurrency.waited()  # no poster was free for it
                     self.concurrency.completed()
                     self._grow()
+                    self._room.notify()
                     if self._halted() or self._closed:
                         self._cond.notify_all()  # everyone may be done now
                     else:

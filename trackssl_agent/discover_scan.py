@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from trackssl_agent import output, probe, protocols
+from trackssl_agent import output, probe, probe_pool, protocols
 from trackssl_agent.discover import Address, Plan, address_key
 from trackssl_agent.log import printable
 from trackssl_agent.protocols import Protocol
@@ -163,7 +163,7 @@ def scan(
     tried = opened = 0
     found: list[ProbeResult] = []
     pairs = _pairs(plan, dialogues, limiter)
-    for _index, result in probe.probe_many(pairs, settings, concurrency=workers, stop=stop):
+    for _index, result in probe_pool.probe_many(pairs, settings, concurrency=workers, stop=stop):
         tried += 1
         opened += result.address is not None
         if result.ok and result.chain:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from trackssl_agent import __version__, certificates, probe
+from trackssl_agent import __version__, certificates, probe, probe_pool
 from trackssl_agent.api_schema import Domain
 from trackssl_agent.config import Config
 from trackssl_agent.doctor_values import Check, Status
@@ -173,7 +173,7 @@ def _probe(cfg: Config, chosen: list[Domain], deadline: Deadline) -> list[Check]
     settings = probe.ProbeSettings(timeout=timeout, allow=cfg.allow)
     results: dict[int, ProbeResult] = {}
     # Consumed to its end: every probe ends by its deadline, within the time left.
-    for index, result in probe.probe_many(
+    for index, result in probe_pool.probe_many(
         [d.target for d in chosen], settings, concurrency=len(chosen)
     ):
         results[index] = result

@@ -12,12 +12,11 @@ even when the handshake fails, which a MemoryBIO handshake driven by hand makes 
 from __future__ import annotations
 
 import errno
-import queue
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -29,7 +28,7 @@ from trackssl_agent.handshake import Handshake, HandshakeFailure, NotTls, handsh
 from trackssl_agent.log import get_logger
 from trackssl_agent.protocols import Protocol
 from trackssl_agent.results import ErrorKind, ProbeError, ProbeResult
-from trackssl_agent.settings import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
+from trackssl_agent.settings import DEFAULT_TIMEOUT
 from trackssl_agent.targets import Target
 from trackssl_agent.transport import Conn, Deadline, DialogueError, RecordIO
 
@@ -307,87 +306,3 @@ def probe(
         cipher=outcome.cipher,
         warnings=(outcome.warning,) if outcome.warning else (),
     )
-
-
-def probe_many(
-    targets: Iterable[Target],
-    settings: ProbeSettings,
-    *,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    stop: threading.Event | None = None,
-) -> Iterator[tuple[int, ProbeResult]]:
-    """Probe targets concurrently; yield ``(input index, result)`` as each completes.
-
-    ``concurrency`` worker threads take targets from one iterator and put results on one
-    queue: nothing is kept for finished ones, so memory does not grow with the number of
-    targets. Once ``stop`` is set (or the caller stops iterating) no new probe starts;
-    those in flight end by their deadline.
-    """
-    results = start_probes(targets, settings, concurrency=concurrency, stop=stop)
-    try:
-        while (item := results.get()) is not None:
-            yield item
-    finally:
-        results.halt()
-
-
-class Probes:
-    """The results of running probes, in completion order, then one None."""
-
-    def __init__(self, halt: threading.Event) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, ProbeResult] | None] = queue.SimpleQueue()
-        self._halt = halt
-        self.put = self._queue.put
-
-    def get(self, timeout: float | None = None) -> tuple[int, ProbeResult] | None:
-        """The next result, waiting; None once all are done. ``queue.Empty`` after
-        ``timeout`` seconds."""
-        return self._queue.get(timeout=timeout)
-
-    def get_nowait(self) -> tuple[int, ProbeResult] | None:
-        """The next result if one is ready; ``queue.Empty`` if none is."""
-        return self._queue.get_nowait()
-
-    def halt(self) -> None:
-        """Start no new probe."""
-        self._halt.set()
-
-
-def start_probes(
-    targets: Iterable[Target],
-    settings: ProbeSettings,
-    *,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    stop: threading.Event | None = None,
-) -> Probes:
-    """Start ``concurrency`` worker threads over ``targets``; their results arrive in the
-    returned Probes, then a None once the last worker is done."""
-    context = client_context()
-    halt = threading.Event()
-    probes = Probes(halt)
-    source = enumerate(targets)
-    lock = threading.Lock()
-    workers = max(1, concurrency)
-    if isinstance(targets, Sized):
-        workers = max(1, min(workers, len(targets)))
-    running = [workers]
-
-    def work() -> None:
-        try:
-            while not halt.is_set() and not (stop is not None and stop.is_set()):
-                with lock:
-                    item = next(source, None)
-                if item is None:
-                    break
-                index, target = item
-                probes.put((index, probe(target, settings, context=context)))
-        finally:
-            with lock:
-                running[0] -= 1
-                last = running[0] == 0
-            if last:
-                probes.put(None)
-
-    for number in range(workers):
-        threading.Thread(target=work, name=f"probe-{number}", daemon=True).start()
-    return probes

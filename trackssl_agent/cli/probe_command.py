@@ -13,7 +13,8 @@ from trackssl_agent import output, output_file, settings
 from trackssl_agent.cli.options import output_format, output_option, probe_options
 from trackssl_agent.errors import UsageError
 from trackssl_agent.log import setup_logging
-from trackssl_agent.probe import ProbeSettings, address_family, probe_many
+from trackssl_agent.probe import ProbeSettings, address_family
+from trackssl_agent.probe_pool import probe_many
 from trackssl_agent.report import Thresholds, probe_exit_code
 from trackssl_agent.results import ProbeResult
 from trackssl_agent.targets import Target, encode_hostname, parse_target
