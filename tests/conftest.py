@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,24 @@ def _agent_logging_reset() -> Iterator[None]:
     for handler in list(agent.handlers):
         agent.removeHandler(handler)
         handler.close()
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy", "NO_PROXY", "no_proxy")  # fmt: skip
+"""The proxy variables the API client reads; a test's agent must not see the runner's."""
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No TRACKSSL_ or proxy variable from outside; a fresh working dir and state dir."""
+    for name in list(os.environ):
+        if name.startswith("TRACKSSL_") or name in PROXY_VARIABLES:
+            monkeypatch.delenv(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TRACKSSL_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path
 
 
 @pytest.fixture

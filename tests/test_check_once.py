@@ -32,19 +32,6 @@ from trackssl_agent.targets import read_targets_file
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A clean process environment (no TRACKSSL_*) and an empty working directory."""
-    for name in list(os.environ):
-        if name.startswith("TRACKSSL_"):
-            monkeypatch.delenv(name)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("TRACKSSL_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
-
-
 def use(server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the agent at ``server``."""
     for key, value in server.env().items():

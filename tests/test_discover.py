@@ -59,19 +59,6 @@ def _no_lookup(name: str, family: int) -> list[Address]:
     raise AssertionError(f"no name should be resolved here, got {name!r}")
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A clean process environment (no TRACKSSL_*) and an empty working directory."""
-    for name in list(os.environ):
-        if name.startswith("TRACKSSL_"):
-            monkeypatch.delenv(name)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("TRACKSSL_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
-
-
 @contextlib.contextmanager
 def same_port(handler: Callable[[socket.socket], None], hosts: list[str]) -> Iterator[list[Any]]:
     """Servers running ``handler`` on one port shared by all of ``hosts``."""

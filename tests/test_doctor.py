@@ -18,6 +18,7 @@ import pytest
 from tests.api_server import AUTH_TOKEN, HANG, ApiServer, domain_entries
 from tests.certs import Chain
 from tests.cli_helpers import run_cli
+from tests.conftest import PROXY_VARIABLES
 from tests.test_api import ConnectProxy
 from tests.test_statedir import tmpfs
 from tests.tls_servers import TcpServer
@@ -27,21 +28,6 @@ from trackssl_agent.doctor_values import Check, Status
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / ".venv" / "bin" / "trackssl-agent"
 WRONG_TOKEN = "tsk_live_WRONGwrongWRONG1234"  # noqa: S105 - a test-only token
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                    "all_proxy", "NO_PROXY", "no_proxy")  # fmt: skip
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No TRACKSSL_ or proxy variable from outside; a fresh working dir and state dir."""
-    for name in list(os.environ):
-        if name.startswith("TRACKSSL_") or name in _PROXY_VARIABLES:
-            monkeypatch.delenv(name)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("TRACKSSL_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path
 
 
 def use(server: ApiServer, monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
@@ -178,7 +164,7 @@ def test_hanging_api_fails_within_30_seconds(env: Path, api_server: ApiServer) -
     api_server.domains = domain_entries({1: 1})
     api_server.fail("domains", HANG)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSSL_")}
-    environ = {k: v for k, v in environ.items() if k not in _PROXY_VARIABLES}
+    environ = {k: v for k, v in environ.items() if k not in PROXY_VARIABLES}
     environ.update(api_server.env(), TRACKSSL_STATE_DIR=str(env / "state"))
     started = time.monotonic()
     done = subprocess.run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import os
 import random
@@ -358,36 +357,8 @@ def test_copies_within_the_window_are_one_request_a_later_signal_exits() -> None
     assert requests.receive(100.0 + SECOND_AFTER) is Verdict.EXIT
 
 
-@pytest.mark.usefixtures("stop_handlers")
-def test_a_broken_log_stream_does_not_prevent_the_exit_now(tmp_path: Path) -> None:
-    """With the log's stream closed (stderr gone, say), a second signal still exits."""
-    broken = (tmp_path / "stderr").open("w")  # a closed file refuses flush(), as stderr would
-    setup_logging(stream=broken)
-    broken.close()
-    stop = threading.Event()
-    exited = threading.Event()
-    codes: list[int] = []
-
-    def fake_exit(code: int) -> None:
-        codes.append(code)
-        exited.set()
-
-    try:
-        with stopping_on_signals(stop, exit_now=fake_exit, second_after=0.3):
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert stop.wait(2)
-            time.sleep(0.4)
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert exited.wait(2)
-    finally:
-        setup_logging(stream=io.StringIO())
-    assert codes == [128 + signal.SIGTERM]
-
-
-@pytest.mark.usefixtures("stop_handlers")
-def test_first_signal_sets_stop_a_later_one_exits_at_once() -> None:
-    """SIGTERM sets the stop event; another one after the window calls the immediate exit
-    with 128+signum."""
+def _signal_twice() -> list[int]:
+    """SIGTERM, then another past a 0.3 s window; the codes the immediate exit got."""
     stop = threading.Event()
     exited = threading.Event()
     codes: list[int] = []
@@ -403,7 +374,23 @@ def test_first_signal_sets_stop_a_later_one_exits_at_once() -> None:
         time.sleep(0.4)
         os.kill(os.getpid(), signal.SIGTERM)
         assert exited.wait(2)
-    assert codes == [128 + signal.SIGTERM]
+    return codes
+
+
+@pytest.mark.usefixtures("stop_handlers")
+def test_a_broken_log_stream_does_not_prevent_the_exit_now(tmp_path: Path) -> None:
+    """With the log's stream closed (stderr gone, say), a second signal still exits."""
+    broken = (tmp_path / "stderr").open("w")  # a closed file refuses flush(), as stderr would
+    setup_logging(stream=broken)
+    broken.close()
+    assert _signal_twice() == [128 + signal.SIGTERM]
+
+
+@pytest.mark.usefixtures("stop_handlers")
+def test_first_signal_sets_stop_a_later_one_exits_at_once() -> None:
+    """SIGTERM sets the stop event; another one after the window calls the immediate exit
+    with 128+signum."""
+    assert _signal_twice() == [128 + signal.SIGTERM]
 
 
 @pytest.mark.usefixtures("stop_handlers")
