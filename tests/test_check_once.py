@@ -24,6 +24,7 @@ from tests.api_server import (
 )
 from tests.cli_helpers import run_cli
 from tests.tls_servers import TcpServer, free_port
+from trackssl_agent import log
 from trackssl_agent.api import ApiClient
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import Outbox
@@ -354,6 +355,28 @@ def test_token_appears_nowhere(
     assert any(p.name.startswith("seg-") for p in files)  # results wait in the outbox
     for path in files:
         assert AUTH_TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("fmt", log.FORMATS)
+def test_token_echoed_into_a_log_line_is_masked_in_every_log_format(
+    fmt: str, api_server: ApiServer, good: list[TcpServer], tmp_path: Path
+) -> None:
+    """An API refusal that quotes the auth token reaches a log line (the dropped result's
+    warning) in each --log-format, and the formatter masks it there."""
+    api_server.domains = domain_entries({1: good[0].port})
+    echo = json.dumps({"error": f"token {AUTH_TOKEN} may not post here"}).encode()
+    api_server.script("certificate", Reply(422, echo))
+    proc = subprocess.run(
+        [sys.executable, "-m", "trackssl_agent", "check-once", "--log-level", "debug",
+         "--log-format", fmt],
+        env=subprocess_env(api_server, tmp_path / "state"), cwd=tmp_path,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # the refused result: the cycle did run
+    assert AUTH_TOKEN not in proc.stdout + proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if "refused the result for domain_id 1" in x]
+    message = json.loads(line)["message"] if fmt == "json" else line
+    assert "token [REDACTED] may not post here" in message  # the echo did reach the line
 
 
 def test_progress_only_on_a_terminal(

@@ -53,11 +53,13 @@ def test_copies_and_equality() -> None:
     assert secret != RAW  # a Secret never equals plain text: compare revealed values
 
 
-def test_log_lines_mask_it_even_when_revealed(caplog: pytest.LogCaptureFixture) -> None:
-    """A log line given the Secret shows the mask; one given the raw value by mistake is
-    redacted by the filter, which learned the value when the Secret was made."""
+@pytest.mark.parametrize("fmt", log.FORMATS)
+def test_log_lines_mask_it_even_when_revealed(fmt: str) -> None:
+    """In every log format, a log line given the Secret shows the mask; one given the raw
+    value by mistake is redacted by the formatter, which learned the value when the Secret
+    was made."""
     secret = Secret(RAW)
-    logger = log.setup_logging(level="debug", stream=None)
+    logger = log.setup_logging(level="debug", stream=None, fmt=fmt)
     records: list[str] = []
 
     class Keep(logging.Handler):
