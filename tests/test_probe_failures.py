@@ -257,6 +257,55 @@ def test_close_after_the_dialogue_is_a_handshake_failure() -> None:
     assert "closed the connection during the TLS handshake" in message
 
 
+# --- the one deadline across every stage ----------------------------------------------------
+
+
+def test_one_deadline_spans_dns_connect_dialogue_and_handshake(full_backlog: int) -> None:
+    """DNS, connect, the STARTTLS dialogue and the handshake all draw on the one deadline
+    made when the probe starts: a slow lookup, a dead first address, a slow dialogue and
+    then a stalled handshake end at that deadline, not at a deadline started anew later.
+
+    The lookup and the dialogue are slow on the probe's injected clock (the resolver and
+    the server move it forward), so the bound holds however slow the machine; connect to
+    the dead address really waits, for its share of what is left."""
+    timeout, lookup, dialogue = 2.0, 0.8, 0.3
+    skew = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + skew[0]
+
+    def handle(conn: socket.socket) -> None:
+        conn.sendall(b"220 mx.test ESMTP\r\n")
+        conn.recv(4096)  # EHLO
+        skew[0] += dialogue  # before the reply: the client reads it after the clock moved
+        conn.sendall(b"250 STARTTLS\r\n")
+        conn.recv(4096)  # STARTTLS
+        conn.sendall(b"220 go ahead\r\n")
+        conn.recv(4096)  # the ClientHello, never answered
+        conn.recv(4096)  # held open until the server closes
+
+    with running(TcpServer(handle)) as server:
+
+        def resolver(*_args: object) -> list[tuple[Any, ...]]:
+            skew[0] += lookup
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", full_backlog)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port)),
+            ]
+
+        result = probe(
+            parse_target(f"smtp://mx.test:{server.port}"), ProbeSettings(timeout=timeout),
+            clock=clock, getaddrinfo=resolver,
+        )  # fmt: skip
+    message = _failed(result, ErrorKind.TIMEOUT)
+    assert (
+        message == f"mx.test:{server.port}: no answer during the TLS handshake before the deadline"
+    )
+    assert result.address == "127.0.0.1"
+    # A deadline re-armed after any stage would end at least 0.8 s (the lookup) later.
+    assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
+
+
 def test_a_bug_in_a_stage_still_gives_the_target_a_result() -> None:
     """An exception no stage expects (a bug) ends as that target's error result, naming
     the exception, instead of killing the worker and dropping the target."""
