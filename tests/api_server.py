@@ -14,6 +14,8 @@ Canned failures: ``server.script("domains", Reply.error(503), OK)`` answers the 
 HANG)`` answers every post that way until ``server.clear()``. Endpoints are
 ``"domains"`` and ``"certificate"``. ``HANG`` holds the request open until
 ``release()`` or the server stops; ``server.hung`` counts requests being held.
+``server.on_post = f`` calls ``f(request)`` for each result post before it is answered,
+e.g. to look at the agent's outbox on disk.
 
 Hostile answers: ``Reply.trickled(body, every=0.2)`` sends the headers at once and then
 the body one byte every 0.2 s (``headers_too=True`` trickles the status line and headers
@@ -33,7 +35,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -140,6 +142,9 @@ class ApiServer:
         self.requests: list[Request] = []
         self.posted: list[dict[str, Any]] = []
         """The ``domain`` objects of accepted posts, in arrival order."""
+        self.on_post: Callable[[Request], None] | None = None
+        """Called with each result post as it arrives, before it is answered (in the
+        handler's thread): what the agent had done by then, e.g. on disk, can be looked at."""
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[Reply]] = {"domains": deque(), "certificate": deque()}
         self._always: dict[str, Reply] = {}
@@ -332,12 +337,13 @@ class _Handler(BaseHTTPRequestHandler):
                 endpoint = "domains"
             elif leaf == "certificate.json" and self.command == "POST":
                 endpoint = "certificate"
-        index = api._record(
-            Request(
-                self.command, path, dict(self.headers.items()), body, endpoint,
-                int(self.client_address[1]),
-            )
+        request = Request(
+            self.command, path, dict(self.headers.items()), body, endpoint,
+            int(self.client_address[1]),
         )  # fmt: skip
+        index = api._record(request)
+        if endpoint == "certificate" and api.on_post is not None:
+            api.on_post(request)
         reply = api._next_reply(endpoint) if endpoint != "other" else OK
         if reply.hang:
             api._hang()

@@ -3,6 +3,7 @@ the outbox across cycles, failures, the allow list, stop, dry run."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_server import HANG, SERVER_ERROR, UNAUTHORIZED, ApiServer, domain_entries
+from tests.api_server import (
+    HANG,
+    SERVER_ERROR,
+    UNAUTHORIZED,
+    ApiServer,
+    Request,
+    domain_entries,
+)
 from tests.certs import Chain
 from tests.tls_servers import TcpServer, server_context, tls_server
 from trackssl_agent import allow
@@ -19,7 +27,8 @@ from trackssl_agent.cycle import run_cycle
 from trackssl_agent.cycle_report import CycleReport
 from trackssl_agent.errors import ApiError
 from trackssl_agent.memory import limit_malloc_arenas
-from trackssl_agent.outbox import Outbox, Record
+from trackssl_agent.outbox import MAX_LOAD_BYTES, Outbox, Record
+from trackssl_agent.outbox_format import parse_segment
 from trackssl_agent.probe import ProbeSettings
 from trackssl_agent.report import ExitCode
 from trackssl_agent.secret import Secret
@@ -89,6 +98,39 @@ def test_results_are_posted_as_they_complete(
     assert first.json()["domain"]["domain_id"] == 2
     assert finished - first.at > 2  # posted while the silent target still had ~3 s to go
     assert report.delivered == 2
+
+
+def _stored(directory: Path) -> list[Record]:
+    """The records in the outbox's segment files on disk, read as the agent reads them."""
+    records: list[Record] = []
+    for path in sorted(directory.glob("seg-*.json")):
+        try:
+            with path.open("rb") as stream:
+                records += parse_segment(stream, budget=MAX_LOAD_BYTES).records
+        except FileNotFoundError:
+            continue  # deleted since the listing: everything in it was delivered
+    return records
+
+
+def test_every_result_is_on_disk_before_its_post_arrives(
+    api_server: ApiServer, good: list[TcpServer], state_dir: Path
+) -> None:
+    """Write-ahead: when the API receives a result's post, that very result is already in
+    a segment file of the outbox, so a crash during the post cannot lose it."""
+    seen: dict[int, bool] = {}
+
+    def look_on_disk(request: Request) -> None:
+        posted = request.json()
+        domain_id = posted["domain"]["domain_id"]
+        on_disk = [r for r in _stored(state_dir) if r.domain_id == domain_id]
+        seen[domain_id] = any(json.loads(r.data()) == posted for r in on_disk)
+
+    api_server.on_post = look_on_disk
+    ids = list(range(1, 9))
+    api_server.domains = domain_entries({n: good[n % len(good)].port for n in ids})
+    report = cycle(api_server, state_dir)
+    assert report.delivered == len(ids)
+    assert seen == dict.fromkeys(ids, True)
 
 
 def test_failed_posts_are_delivered_by_the_next_cycle(

@@ -20,6 +20,8 @@ from trackssl_agent import outbox, outbox_format
 from trackssl_agent.errors import LockError
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import JsonBytes, Outbox, Record
+from trackssl_agent.outbox_disk import SegmentFiles
+from trackssl_agent.statedir import Folder, open_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,6 +154,59 @@ def test_survives_sigkill_mid_write(tmp_path: Path) -> None:
             json.loads(line)
     pending = Outbox.open(tmp_path).pending()
     assert len(pending) >= written
+
+
+class _RecordingFolder(Folder):
+    """The outbox's folder, noting each step of a segment write as it happens; with
+    ``sync_file`` (passed to SegmentFiles as its fsync) the file's own fsync too."""
+
+    def __init__(self, folder: Folder) -> None:
+        super().__init__(folder.path, folder.fd)
+        folder.fd = None  # handed over: this one closes it
+        self.steps: list[tuple[object, ...]] = []
+        self._names: dict[int, str] = {}
+
+    def _on_disk(self) -> list[str]:
+        return [p.name for p in segments(self.path)]
+
+    def create(self, name: str, access: int = os.O_WRONLY) -> int:
+        fd = super().create(name, access)
+        self._names[fd] = name
+        self.steps.append(("create", name, self._on_disk()))
+        return fd
+
+    def sync_file(self, fd: int) -> None:
+        self.steps.append(("fsync file", self._names[fd], os.fstat(fd).st_size))
+        os.fsync(fd)
+
+    def rename(self, source: str, target: str) -> None:
+        self.steps.append(("rename", source, target))
+        super().rename(source, target)
+
+    def fsync(self) -> None:
+        self.steps.append(("fsync folder", self._on_disk()))
+        super().fsync()
+
+
+def test_a_segment_is_written_to_a_temporary_fsynced_renamed_then_the_folder_fsynced(
+    tmp_path: Path,
+) -> None:
+    """Outbox.add writes a segment durably and atomically, in this order: a temporary file
+    (no segment visible yet), all its bytes and their fsync, the rename over the segment's
+    name, then the fsync of the folder that makes the rename durable."""
+    folder = _RecordingFolder(open_folder(tmp_path / "outbox", follow=False))
+    box = Outbox(SegmentFiles(folder, fsync=folder.sync_file))
+    box.add([record(1), record(2)])
+    [segment] = segments(folder.path)
+    assert [step[0] for step in folder.steps] == [
+        "create", "fsync file", "rename", "fsync folder",
+    ]  # fmt: skip
+    (_, temporary, visible), (_, synced, size), (_, source, target), (_, after) = folder.steps
+    assert temporary != segment.name and visible == []  # not written in place
+    assert synced == source == temporary and target == segment.name
+    assert size == len(segment.read_bytes()) > 0  # every byte was written before the fsync
+    assert after == [segment.name]  # the folder's fsync comes after the rename
+    box.close()
 
 
 def test_second_lock_names_the_holder(tmp_path: Path) -> None:

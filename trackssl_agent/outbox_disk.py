@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from trackssl_agent import log
 from trackssl_agent.outbox_format import Loaded, Record, encode, parse_segment
@@ -30,7 +30,7 @@ DEFERRED = Loaded()
 """``SegmentFiles.read``'s answer for a segment left for a later load."""
 
 
-def _write_in(folder: Folder, name: str, data: bytes) -> None:
+def _write_in(folder: Folder, name: str, data: bytes, fsync: Callable[[int], None]) -> None:
     """Write ``name`` in ``folder`` atomically; FileExistsError when a temporary of that
     name is in the way (a leftover, or something planted: neither is touched)."""
     tmp = f".{name}.tmp"
@@ -39,7 +39,7 @@ def _write_in(folder: Folder, name: str, data: bytes) -> None:
         with os.fdopen(fd, "wb", closefd=False) as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(fd)
+            fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -53,8 +53,11 @@ def _write_in(folder: Folder, name: str, data: bytes) -> None:
 class SegmentFiles:
     """The segment files of one opened outbox folder, which it owns until ``close``."""
 
-    def __init__(self, folder: Folder) -> None:
+    def __init__(self, folder: Folder, *, fsync: Callable[[int], None] = os.fsync) -> None:
         self.folder = folder
+        self._fsync = fsync
+        """Makes a written file durable: ``os.fsync``; a test passes one that records the
+        order of the steps (the folder's own steps go through ``folder``)."""
         self._next_number = 1
         """The number of the next segment file."""
 
@@ -114,7 +117,7 @@ class SegmentFiles:
             if self.folder.exists(name):
                 continue  # something we left alone has that name
             try:
-                _write_in(self.folder, name, data)
+                _write_in(self.folder, name, data, self._fsync)
             except FileExistsError:
                 continue
             return name
