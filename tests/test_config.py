@@ -304,6 +304,16 @@ def test_allow_list_is_parsed(tmp_path: Path) -> None:
     assert load(tmp_path, "TRACKSSL_ALLOW=\n").allow is None
 
 
+def test_allow_list_checks_an_ipv4_mapped_address_as_ipv4(tmp_path: Path) -> None:
+    """A resolver's ``::ffff:a.b.c.d`` is the IPv4 address it maps: the IPv4 network that
+    holds that address allows it, and no other network does."""
+    cfg = load(tmp_path, "TRACKSSL_ALLOW=10.0.0.0/8\n")
+    assert cfg.allow is not None
+    target = parse_target("dual.example:443")
+    assert cfg.allow(target, "::ffff:10.1.2.3")
+    assert not cfg.allow(target, "::ffff:192.0.2.1")
+
+
 def test_start_logging_logs_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Config warnings are logged once logging is set up, to the configured file."""
     log_file = tmp_path / "agent.log"
