@@ -20,7 +20,9 @@ e.g. to look at the agent's outbox on disk.
 Hostile answers: ``Reply.trickled(body, every=0.2)`` sends the headers at once and then
 the body one byte every 0.2 s (``headers_too=True`` trickles the status line and headers
 as well); ``Reply.nested(depth)`` is ``[`` x depth; ``Reply.nulls(n)`` is a domain list
-of ``n`` ``null`` entries; any ``Reply(status, body)`` can carry CR, LF and ESC.
+of ``n`` ``null`` entries; any ``Reply(status, body)`` can carry CR, LF and ESC;
+``Reply.echoing(status, body, headers)`` puts the request's ``Authorization`` header where
+``{authorization}`` stands in its body and header values, as a careless server does.
 
 ``ApiServer(tls=chain)`` serves https with a ``tests.certs.make_chain`` chain; point
 ``TRACKSSL_CA_BUNDLE`` at ``chain.ca_file``. The server checks the bearer token and the
@@ -62,6 +64,8 @@ class Reply:
     """Seconds between single bytes of the body (0: send it at once)."""
     trickle_headers: bool = False
     """Trickle the status line and headers too, not only the body."""
+    echo: bool = False
+    """Replace ``{authorization}`` in the body and header values with that request header."""
 
     @staticmethod
     def error(status: int, **headers: str) -> Reply:
@@ -73,6 +77,12 @@ class Reply:
     def trickled(body: bytes, every: float, *, headers_too: bool = False) -> Reply:
         """A 200 whose body (and headers, with ``headers_too``) arrive a byte at a time."""
         return Reply(200, body, trickle=every, trickle_headers=headers_too)
+
+    @staticmethod
+    def echoing(status: int, body: bytes = b"", **headers: str) -> Reply:
+        """An answer that repeats the request's Authorization header where ``body`` or a
+        header value says ``{authorization}``."""
+        return Reply(status, body, headers=tuple(headers.items()), echo=True)
 
     @staticmethod
     def nested(depth: int) -> Reply:
@@ -351,6 +361,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.trickle:
             self._trickle(index, reply)
+            return
+        if reply.echo:
+            auth = self.headers.get("Authorization") or ""
+            body = reply.body.replace(b"{authorization}", auth.encode("latin-1"))
+            echoed = tuple((k, v.replace("{authorization}", auth)) for k, v in reply.headers)
+            self._send(index, reply.status, body, reply.content_type, echoed)
             return
         if not reply.normal:
             self._send(index, reply.status, reply.body, reply.content_type, reply.headers)

@@ -8,30 +8,34 @@ through a ``requests`` session (``api_session``, imported only then) when a prox
 
 from __future__ import annotations
 
-import email.utils
+import base64
 import os
 import platform
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
-from trackssl_agent import __version__, api_schema, log
+from trackssl_agent import __version__, api_schema, ascii_values, log
 from trackssl_agent.api_schema import Domain, Skipped
 from trackssl_agent.api_transport import Answer, AttemptFailed, Transport
 from trackssl_agent.errors import ApiError
 from trackssl_agent.errors import ResponseError as ResponseError  # noqa: PLC0414 - raised here
 from trackssl_agent.secret import Secret
+from trackssl_agent.settings import is_loopback_host
 
 logger = log.get_logger(__name__)
 
 RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 ACCEPTED = frozenset({200, 201, 202, 204})
+_RETRY_AFTER_CAP = 10**9
+"""Longer than any delay: ``ApiSettings.max_delay`` caps what is waited."""
 
 
 class AuthError(ApiError):
@@ -59,14 +63,45 @@ _PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy"})
 
 def environ_proxies(url: str) -> dict[str, str]:
     """The proxies that apply to ``url`` (NO_PROXY decided). On Linux they come only from
-    the environment, so without a proxy variable ``requests`` is not even imported."""
+    the environment, so without a proxy variable ``requests`` is not even imported.
+
+    None for a plain-http URL (which config allows only to a loopback host), whatever
+    HTTP_PROXY, ALL_PROXY or NO_PROXY say: a proxy would receive the token in clear, and
+    fetch "localhost" on its own host. An https URL goes through a proxy's CONNECT tunnel.
+    """
+    if not proxiable(url):
+        return {}
     if sys.platform.startswith("linux") and not any(
         value and key.lower() in _PROXY_VARIABLES for key, value in os.environ.items()
     ):
         return {}
     from trackssl_agent import api_session  # noqa: PLC0415 - see above
 
-    return api_session.environ_proxies(url)
+    proxies = api_session.environ_proxies(url)
+    register_proxy_credentials(proxies.values())
+    return proxies
+
+
+def proxiable(url: str) -> bool:
+    """True for the only API URLs ever reached through a proxy: https ones."""
+    return urlsplit(url).scheme.lower() == "https"
+
+
+def register_proxy_credentials(proxies: Iterable[str]) -> None:
+    """Register the user:password of each proxy URL as secrets: a proxy may echo its
+    Proxy-Authorization header (base64 of ``user:password``) in an answer we print."""
+    for proxy in proxies:
+        try:
+            parts = urlsplit(proxy)
+            user, password = parts.username, parts.password
+        except ValueError:
+            continue
+        if password is None:
+            continue
+        pair = f"{unquote(user or '')}:{unquote(password)}"
+        for secret in (password, unquote(password), pair):
+            log.register_secret(secret)
+        log.register_secret(base64.b64encode(pair.encode("utf-8", "replace")).decode())
 
 
 def user_agent() -> str:
@@ -113,18 +148,17 @@ def headers(settings: ApiSettings) -> dict[str, str]:
 
 
 def retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None for
+    anything else (then the normal backoff applies)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    seconds = ascii_values.whole(value, cap=_RETRY_AFTER_CAP)
+    if seconds is not None:
+        return float(seconds)
+    when = ascii_values.http_date(value)
+    if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
@@ -149,13 +183,21 @@ class ApiClient:
         base = f"{settings.url}/api/v1/agents/{settings.agent_token}"
         self.domains_url = f"{base}/domains.json"
         self.certificate_url = f"{base}/certificate.json"
-        self._proxies = dict(proxies if proxies is not None else environ_proxies(settings.url))
+        parts = urlsplit(settings.url)
+        if not proxiable(settings.url) and not is_loopback_host(parts.hostname or ""):
+            # config refuses such a URL already; the token must never cross a network in clear
+            raise ApiError(f"{parts.scheme}:// is allowed only to a loopback host; use https")
+        if proxies is None:
+            proxies = environ_proxies(settings.url)
+        elif proxiable(settings.url):
+            register_proxy_credentials(proxies.values())
+        # Never a proxy for plain http, whoever passed one: see environ_proxies.
+        self._proxies = dict(proxies) if proxiable(settings.url) else {}
         self._transport = self._make_transport()
 
     def _make_transport(self) -> _Transport:
         settings = self.settings
-        scheme = settings.url.partition(":")[0].lower()
-        if self._proxies.get(scheme) or self._proxies.get("all"):
+        if self._proxies.get("https") or self._proxies.get("all"):
             from trackssl_agent import api_session  # noqa: PLC0415 - see environ_proxies
 
             return api_session.SessionTransport(
@@ -291,6 +333,7 @@ class ApiClient:
 
 
 def _snippet(body: bytes) -> str:
-    """The start of an error body, made printable: it must not forge a log line."""
-    text = log.printable(body[:200].decode("utf-8", "replace").strip())
+    """The start of an error body, made printable (it must not forge a log line), any
+    echo of the token removed before it is cut."""
+    text = log.excerpt(body[:4096].decode("utf-8", "replace").strip(), 200)
     return text or "(empty body)"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
-from trackssl_agent import __version__, certificates, log, protocols
+from trackssl_agent import __version__, ascii_values, certificates, log, protocols
 from trackssl_agent.errors import ResponseError, UsageError
 from trackssl_agent.protocols import Protocol
 from trackssl_agent.results import ProbeResult, utc_iso
@@ -70,7 +70,9 @@ class Skipped:
 def shown(value: object) -> str:
     """A value from outside for a message: short, escaped, never a deep structure."""
     if isinstance(value, str):
-        return repr(value[:60]) + ("..." if len(value) > 60 else "")
+        # Redacted before the cut: a cut echo of the token would keep part of it.
+        text = log.redact(value[:1024])
+        return repr(text[:60]) + ("..." if len(text) > 60 or len(value) > 1024 else "")
     if value is None or isinstance(value, bool | float):
         return repr(value)
     if isinstance(value, int):
@@ -91,7 +93,8 @@ def html_title(body: bytes) -> str:
     """``title '...'`` of an HTML page, for a message, or ``no title``."""
     match = _TITLE.search(body[:65536])
     if match:
-        return "title " + repr(match.group(1).decode("utf-8", "replace").strip()[:80])
+        title = log.redact(match.group(1)[:1024].decode("utf-8", "replace").strip())
+        return "title " + repr(title[:80])
     return "no title"
 
 
@@ -106,13 +109,14 @@ def _json_body(body: bytes, content_type: str, *, what: str) -> Any:
     except RecursionError:
         raise ResponseError(f"the API answered {what} with JSON nested too deeply") from None
     except ValueError as exc:  # UnicodeDecodeError included
-        reason = log.printable(str(exc))[:200]
+        reason = log.excerpt(str(exc), 200)
         raise ResponseError(f"the API answered {what} with invalid JSON: {reason}") from None
 
 
 def _domain_id(raw: object) -> int:
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) < 20:
-        value = int(raw)
+    if isinstance(raw, str):
+        value = ascii_values.whole(raw, cap=MAX_ID)
+        value = -1 if value is None else value
     elif isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
     else:
@@ -130,8 +134,7 @@ def _hostname(raw: object) -> str:
 
 def _port(raw: object) -> int:
     if isinstance(raw, str) and len(raw) <= 16:
-        text = raw.strip()
-        value = int(text) if text.isascii() and text.isdigit() else 0
+        value = ascii_values.whole(raw.strip(), cap=65536) or 0
     elif isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
     else:
@@ -163,7 +166,7 @@ def domain_from_entry(entry: object) -> Domain:
     try:
         target = Target.from_parts(hostname, port, starttls)
     except UsageError as exc:
-        raise ValueError(log.printable(str(exc))[:300]) from None
+        raise ValueError(log.excerpt(str(exc), 300)) from None
     return Domain(domain_id, hostname, str(port), target)
 
 

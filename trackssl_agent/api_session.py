@@ -285,5 +285,5 @@ def _reason(exc: BaseException) -> str:
             break
     if isinstance(exc, requests.exceptions.Timeout) and not isinstance(inner, ssl.SSLError):
         return "timed out"
-    text = log.printable(str(inner) or type(inner).__name__)
-    return text if len(text) <= 200 else text[:200] + "..."
+    # A proxy's CONNECT reason phrase ends up here, and may echo Proxy-Authorization.
+    return log.excerpt(str(inner) or type(inner).__name__, 200)

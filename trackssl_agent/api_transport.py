@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from trackssl_agent import log
+from trackssl_agent import ascii_values, log
 from trackssl_agent.errors import ApiError
 from trackssl_agent.errors import ResponseError as ResponseError  # noqa: PLC0414 - re-exported
 
@@ -75,8 +75,8 @@ def too_large(what: str, limit: int) -> ResponseError:
 
 def declared_too_large(declared: str | None, limit: int) -> bool:
     """True when a Content-Length header announces more than ``limit`` bytes."""
-    value = declared or ""
-    return value.isascii() and value.isdigit() and (len(value) > 15 or int(value) > limit)
+    size = ascii_values.whole(declared or "", cap=limit + 1)
+    return size is not None and size > limit
 
 
 class _Plain(http.client.HTTPConnection):
@@ -292,6 +292,5 @@ def _failure(exc: BaseException, url: str) -> BaseException:
     if isinstance(exc, TimeoutError):
         return AttemptFailed("timed out")
     if isinstance(exc, OSError | http.client.HTTPException):
-        text = log.printable(str(exc) or type(exc).__name__)
-        return AttemptFailed(text if len(text) <= 200 else text[:200] + "...")
+        return AttemptFailed(log.excerpt(str(exc) or type(exc).__name__, 200))
     return exc

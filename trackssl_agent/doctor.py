@@ -98,15 +98,14 @@ def render_text(checks: Sequence[Check]) -> str:
 
 def render_json(checks: Sequence[Check]) -> str:
     """The same as an array of ``{check, status, detail, fix}`` (fix null when none)."""
-    return json.dumps(
-        [
-            {
-                "check": check.check,
-                "status": check.status.value,
-                "detail": log.redact(check.detail),
-                "fix": log.redact(check.fix) or None,
-            }
-            for check in checks
-        ],
-        indent=2,
-    )
+    rows = [
+        {
+            "check": check.check,
+            "status": check.status.value,
+            "detail": log.redact(check.detail),
+            "fix": log.redact(check.fix) or None,
+        }
+        for check in checks
+    ]
+    # Then the document as written: an escaped form of a secret goes too, validly.
+    return log.redact_json(json.dumps(rows, indent=2))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email.utils
 import http.client
 import socket
 import ssl
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
-from trackssl_agent import api, api_transport, log, probe
+from trackssl_agent import api, api_transport, ascii_values, log, probe
 from trackssl_agent.api_schema import Domain
 from trackssl_agent.config import Config
 from trackssl_agent.doctor_values import Check, Status
@@ -143,7 +142,7 @@ def _tunnel(sock: socket.socket, proxy: str, host: str, port: int, deadline: Dea
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     words = status_line.split(" ", 2)
     if len(words) < 2 or not words[0].startswith("HTTP/") or words[1] != "200":
-        said = log.printable(status_line[:80]) or "nothing"
+        said = log.excerpt(status_line, 80) or "nothing"
         raise _StepFailed(_proxy_failed(proxy, f"it answered CONNECT with {said!r}"))
     return Check("api proxy", Status.OK, f"{_shown_proxy(proxy)} opened a tunnel to {authority}")
 
@@ -255,7 +254,7 @@ def connection(cfg: Config, deadline: Deadline) -> tuple[list[Check], Answer | N
             addresses = _resolve("api dns", host, port, deadline)
             shown = ", ".join(sorted({str(a[4][0]) for a in addresses}))
             checks.append(Check("api dns", Status.OK, f"{host} is {shown}"))
-            checks.append(Check("api proxy", Status.OK, "none: the API is reached directly"))
+            checks.append(Check("api proxy", Status.OK, _direct(cfg.url)))
             sock, line = _connect(host, port, addresses, deadline)
             checks.append(line)
         else:
@@ -277,6 +276,14 @@ def connection(cfg: Config, deadline: Deadline) -> tuple[list[Check], Answer | N
         return [*checks, _out_of_time("api connection")], None
     checks.append(Check("api http", Status.OK, f"HTTP {answer.status} to a GET without the tokens"))
     return checks, answer
+
+
+def _direct(url: str) -> str:
+    """The proxy line when none is used."""
+    if api.proxiable(url):
+        return "none: the API is reached directly"
+    # Whatever HTTP_PROXY says: the token must not reach a proxy in clear.
+    return "none: plain http to a loopback host never goes through a proxy"
 
 
 def _proxy_for(url: str, scheme: str) -> str | None:
@@ -366,13 +373,10 @@ def clock(answer: Answer | None) -> Check:
         return Check("clock", Status.WARN, "not checked: the API gave no answer", "see above")
     if not answer.date:
         return Check("clock", Status.WARN, "not checked: the API sent no Date header", "")
-    try:
-        server = email.utils.parsedate_to_datetime(answer.date)
-    except (TypeError, ValueError):
-        shown = log.printable(answer.date[:40])
+    server = ascii_values.http_date(answer.date)
+    if server is None:
+        shown = log.excerpt(answer.date, 40)
         return Check("clock", Status.WARN, f"the API's Date header {shown!r} is not a date", "")
-    if server.tzinfo is None:
-        server = server.replace(tzinfo=UTC)
     skew = (answer.received - server).total_seconds()
     ahead = "ahead of" if skew > 0 else "behind"
     detail = f"this host is {abs(skew):.0f} s {ahead} the API's clock"

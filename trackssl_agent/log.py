@@ -12,20 +12,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from trackssl_agent import redaction
+
 LOGGER_NAME = "trackssl_agent"
-REDACTED = "[REDACTED]"
+REDACTED = redaction.REDACTED
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 _MAX_BYTES = 10 * 1024 * 1024
 _BACKUPS = 5
 
-_secrets: set[str] = set()
+_redactor = redaction.Redactor()
 
 
 def register_secret(value: str | None) -> None:
-    """Never let ``value`` reach a log line, whatever logger or level emits it."""
+    """Never let ``value``, or any run of 8 of its characters (also JSON-escaped or
+    URL-encoded), reach a log line, whatever logger or level emits it."""
     if value:
-        _secrets.add(value)
+        _redactor.add(value)
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -53,11 +56,22 @@ def printable(text: str) -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    """``text`` with every run of 8 or more characters of a registered secret replaced."""
+    return _redactor.redact(text)
+
+
+def redact_json(document: str) -> str:
+    """A serialized JSON document with every run of 8 or more characters of a secret, in
+    its escaped forms too, replaced; still valid JSON."""
+    return _redactor.redact(document, serialized_json=True)
+
+
+def excerpt(text: str, limit: int) -> str:
+    """Text from outside (a body, a header, a reason phrase, an error) for a message: the
+    secrets removed first (a cut would leave part of one), then printable, at most
+    ``limit`` characters and ``...``."""
+    shown = printable(redact(text[: limit * 8 + 256]))
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 class _TextFormatter(logging.Formatter):
@@ -91,7 +105,10 @@ class _JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        # Each text before it is escaped, then the line as written: a secret's escaped
+        # form is registered too, and a replacement there keeps the line valid JSON.
+        entry = {key: redact(v) if isinstance(v, str) else v for key, v in entry.items()}
+        return redact_json(json.dumps(entry, default=str))
 
 
 def setup_logging(

@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-from trackssl_agent import allow, log
+from trackssl_agent import allow, ascii_values, log
 
 
 class Kind(Enum):
@@ -162,7 +162,7 @@ def expected(row: Spec) -> str:
     }.get(row.kind, "a path")
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", re.IGNORECASE | re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -175,7 +175,7 @@ def parse_duration(text: str) -> float:
     for match in _DURATION_PART.finditer(compact):
         if match.start() != position:
             break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        total += (ascii_values.decimal(match.group(1)) or 0.0) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
     if position != len(compact):
         raise ValueError(text)
@@ -199,18 +199,30 @@ def check_url(text: str) -> str:
         raise ValueError(usage)
     if "@" in parts.netloc or parts.query or parts.fragment:
         raise ValueError("a base URL without user, query or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ValueError("a port number between 0 and 65535") from None
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if not _port_ok(parts):
+        raise ValueError("a port number between 0 and 65535")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError(
             "https; plain http is allowed only to a loopback host (127.0.0.1, ::1, localhost)"
         )
     return text.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def _port_ok(parts: SplitResult) -> bool:
+    """True without a port, or with one from 0 to 65535 in ASCII digits: urlsplit before
+    Python 3.11.4 read the port with int(), which takes other digits too."""
+    try:
+        _ = parts.port
+    except ValueError:
+        return False
+    text = parts.netloc.rpartition("]")[2] if "]" in parts.netloc else parts.netloc
+    text = text.partition(":")[2]
+    return not text or ascii_values.whole(text, cap=65536) not in (None, 65536)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and the loopback addresses (127.0.0.0/8, ::1): the only hosts
+    the API may be reached at over plain http, and never through a proxy."""
     if host.lower() == "localhost":
         return True
     try:
@@ -233,12 +245,10 @@ def _bounded(row: Spec, value: float) -> float:
     return value
 
 
-def _number(row: Spec, text: str, kind: Callable[[str], float]) -> float:
-    try:
-        value = kind(text)
-    except ValueError:
-        value = math.nan  # outside every range
-    return _bounded(row, value)
+def _number(row: Spec, text: str, parse: Callable[[str], float | None]) -> float:
+    """``text`` parsed as ASCII (see ``ascii_values``) and within the row's bounds."""
+    value = parse(text.strip())
+    return _bounded(row, math.nan if value is None else value)  # nan: outside every range
 
 
 def convert(row: Spec, text: str) -> object:
@@ -253,9 +263,9 @@ def convert(row: Spec, text: str) -> object:
     if row.kind is Kind.URL:
         return check_url(text)
     if row.kind is Kind.INT:
-        return int(_number(row, text, int))
+        return int(_number(row, text, ascii_values.whole))
     if row.kind is Kind.SECONDS:
-        return _number(row, text, float)
+        return _number(row, text, ascii_values.decimal)
     if row.kind is Kind.DURATION:
         try:
             seconds = parse_duration(text)

@@ -26,7 +26,7 @@ from trackssl_agent.cli.options import (
 )
 from trackssl_agent.cli.probe_command import emit, format_results, render_results
 from trackssl_agent.errors import AgentError, ExitCode, UsageError
-from trackssl_agent.log import get_logger
+from trackssl_agent.log import get_logger, printable, redact
 from trackssl_agent.probe import address_family
 from trackssl_agent.report import Thresholds, probe_exit_code
 from trackssl_agent.targets import read_targets_path
@@ -163,9 +163,10 @@ def _render_cycle_report(
     if as_json or dry_run:
         render_results(cycle_report.results, fmt="json" if as_json else "text", now=now)
     label = "dry run (nothing posted)" if dry_run else "check-once"
-    click.echo(f"{label}: {cycle_report.figures()}", err=as_json)
+    # The problem may quote what the API sent: redacted as a log line is.
+    click.echo(f"{label}: {printable(redact(cycle_report.figures()))}", err=as_json)
     if cycle_report.problem:
-        click.echo(f"trackssl-agent: {cycle_report.problem}", err=True)
+        click.echo(f"trackssl-agent: {printable(redact(cycle_report.problem))}", err=True)
     return int(cycle_report.exit_code)
 
 

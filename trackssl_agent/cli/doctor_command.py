@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from trackssl_agent import doctor
-from trackssl_agent.cli.options import config_option
+from trackssl_agent.cli.options import AsciiIntRange, config_option
 
 
 @click.command("doctor")
@@ -15,7 +15,7 @@ from trackssl_agent.cli.options import config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine output: an array of checks.")
 @click.option(
     "--targets-sample",
-    type=click.IntRange(0, 100),
+    type=AsciiIntRange(0, 100),
     default=5,
     show_default=True,
     metavar="N",

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from trackssl_agent import protocols, settings
+from trackssl_agent import ascii_values, protocols, settings
 from trackssl_agent.errors import UsageError
 from trackssl_agent.settings import Kind
 
@@ -28,13 +28,39 @@ class _FilePath(click.Path):
 FILE = _FilePath(dir_okay=False, path_type=Path)
 
 
+class AsciiIntRange(click.IntRange):
+    """``click.IntRange`` for ASCII digits only: ``int()`` alone would take ``٣`` or
+    ``1_0`` (see ``ascii_values``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            number = ascii_values.whole(value.strip())
+            if number is None:
+                self.fail(f"{value!r} is not a whole number (digits 0-9)", param, ctx)
+            value = number
+        return super().convert(value, param, ctx)
+
+
+class AsciiFloatRange(click.FloatRange):
+    """``click.FloatRange`` for ASCII decimals only (``2``, ``2.5``): ``float()`` alone
+    would take other digits, ``inf`` and exponents."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            number = ascii_values.decimal(value.strip())
+            if number is None:
+                self.fail(f"{value!r} is not a number such as 2 or 2.5", param, ctx)
+            value = number
+        return super().convert(value, param, ctx)
+
+
 def _click_type(row: settings.Spec) -> click.ParamType[Any] | None:
     """The click type that checks a setting's bounds at the command line."""
     if row.kind is Kind.INT:
         low, high = (None if bound is None else int(bound) for bound in (row.low, row.high))
-        return click.IntRange(low, high)
+        return AsciiIntRange(low, high)
     if row.kind is Kind.SECONDS:
-        return click.FloatRange(row.low, row.high)
+        return AsciiFloatRange(row.low, row.high)
     if row.kind is Kind.CHOICE:
         return click.Choice(row.choices)
     if row.kind in settings.PATH_KINDS:
