@@ -190,7 +190,9 @@ def test_address_glob_cannot_allow_a_lookalike_name() -> None:
     assert networks is not None
     assert not networks(parse_target("10.attacker.example:443"), "203.0.113.9")
     assert networks(parse_target("10.attacker.example:443"), "10.1.2.3")
-    assert allow.parse("*.corp.example,10.*.example,*") is not None
+    assert allow.parse("*.corp.example,10.*.example") is not None
+    with pytest.raises(ValueError, match="matches every host name"):
+        allow.parse("*.corp.example,*")
 
 
 @pytest.mark.parametrize(

@@ -25,14 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.certs import Chain, der, make_cert, new_key
+from tests.child_process import child_env, run_agent, run_agent_measured
 from tests.cli_helpers import run_cli
+from tests.hostile_servers import raw_tls12_server
 from tests.protocol_servers import nntp_server
 from tests.tls_servers import TcpServer, free_port, http_server, server_context, tls_handler
-from trackssl_agent import allow, protocols
+from trackssl_agent import allow, output, protocols
 from trackssl_agent.discover import (
     MAX_ADDRESSES,
     Address,
@@ -41,7 +46,13 @@ from trackssl_agent.discover import (
     parse_ports,
     plan,
 )
-from trackssl_agent.discover_scan import RateLimiter, endpoint_target, render_targets
+from trackssl_agent.discover_scan import (
+    RateLimiter,
+    endpoint_target,
+    json_entry,
+    render_json,
+    targets_line,
+)
 from trackssl_agent.errors import UsageError
 from trackssl_agent.results import ProbeResult
 from trackssl_agent.targets import parse_target, read_targets_file
@@ -179,7 +190,7 @@ def test_targets_file_comment_cannot_start_a_line_of_its_own() -> None:
         target=endpoint_target(address, 636), servername=None, address="127.0.0.1",
         probed_at=datetime.now(UTC), elapsed_ms=1.0, chain=(der(cert),),
     )  # fmt: skip
-    text = render_targets([result])
+    text = targets_line(result)
     assert text == "127.0.0.1:636 # CN=evil\\n10.9.9.9:443 # x, expires 2031-05-06\n"
     parsed = read_targets_file(text.splitlines(), source="found.txt", starttls=protocols.AUTO)
     assert [t.text for t in parsed] == ["127.0.0.1:636"]
@@ -569,3 +580,173 @@ def test_usage_errors_exit_3_before_any_connection(
     assert out == ""
     assert says in err
     assert not SUMMARY.search(err)
+
+
+# --- streaming: nothing listed, nothing kept but the output, each endpoint once -------
+
+MEMORY_BOUND_KIB = 64 * 1024
+"""The peak RSS the README promises for a scan, whatever the ranges: measured at about
+25 MiB on Linux (CPython 3.11), so this is a correctness bound with room, not a timing."""
+
+
+def test_plan_of_huge_ranges_lists_only_the_allowed_addresses() -> None:
+    """0.0.0.0/0 and ::/0 under a one-address TRACKSSL_ALLOW plan one address and count the
+    rest: the limits apply to what will be contacted, so no usage error."""
+    allowed = allow.parse("127.0.0.1/32")
+    scan = plan(["0.0.0.0/0", "::/0"], [443, 636], allow=allowed, resolver=_no_lookup)
+    assert [str(a) for a in scan.addresses] == ["127.0.0.1"]
+    assert scan.pairs == 2
+    # Every IPv4 address but 0.0.0.0 and 255.255.255.255, and every IPv6 one but the
+    # IPv4-mapped block, which names those same IPv4 hosts: each host counted once.
+    assert scan.total_addresses == (2**32 - 2) + (2**128 - 2**32)
+    assert scan.outside == scan.total_addresses - 1
+
+
+def test_limits_count_the_addresses_inside_the_allow_list() -> None:
+    """A /8 with 17 ports is refused without TRACKSSL_ALLOW, but planned when the allow
+    list leaves a /24 of it; --max-pairs counts the allowed pairs only."""
+    ports = list(range(1, 18))
+    with pytest.raises(UsageError, match="more than the 65,536 allowed"):
+        plan(["127.0.0.0/8"], ports, resolver=_no_lookup)
+    allowed = allow.parse("127.0.5.0/24")
+    scan = plan(["127.0.0.0/8"], ports, allow=allowed, resolver=_no_lookup)
+    assert (scan.addresses.count, scan.pairs) == (256, 256 * 17)
+    assert scan.outside == 2**24 - 2 - 256
+    exact = plan(["127.0.0.0/8"], ports, allow=allowed, max_pairs=256 * 17, resolver=_no_lookup)
+    assert exact.pairs == 256 * 17
+    with pytest.raises(UsageError, match="holds 256 addresses inside TRACKSSL_ALLOW"):
+        plan(["127.0.0.0/8"], ports, allow=allowed, max_pairs=256 * 17 - 1, resolver=_no_lookup)
+    with pytest.raises(UsageError, match="holds 65,536 addresses inside TRACKSSL_ALLOW"):
+        plan(["127.0.0.0/8"], [1], allow=allow.parse("127.9.0.0/16"), max_pairs=65_535,
+             resolver=_no_lookup)  # fmt: skip
+
+
+def test_ipv4_mapped_spellings_are_their_ipv4_addresses() -> None:
+    """``::ffff:127.0.0.1`` is 127.0.0.1, and ``::ffff:127.0.0.0/125`` is 127.0.0.0/29:
+    each host once, whichever way it is written; -6 refuses them, -4 takes them."""
+    scan = plan(
+        ["127.0.0.1", "::ffff:127.0.0.1", "[::ffff:127.0.0.2]", "::ffff:127.0.0.0/125"],
+        [443], resolver=_no_lookup,
+    )  # fmt: skip
+    assert [str(a) for a in scan.addresses] == [f"127.0.0.{n}" for n in range(1, 7)]
+    assert scan.outside == 0
+    only_v4 = plan(["::ffff:127.0.0.9"], [443], family=socket.AF_INET, resolver=_no_lookup)
+    assert [str(a) for a in only_v4.addresses] == ["127.0.0.9"]
+    with pytest.raises(UsageError, match=r"IPv4 network \(IPv4-mapped\), but -6"):
+        plan(["::ffff:127.0.0.9"], [443], family=socket.AF_INET6, resolver=_no_lookup)
+
+
+@pytest.mark.parametrize(
+    "networks",
+    [["127.0.0.0/8"], ["::/0", "0.0.0.0/0", "--max-pairs", "1" + "0" * 42]],
+    ids=["slash-8", "everything"],
+)
+def test_scan_of_huge_ranges_is_bounded_in_memory(env: Path, networks: list[str]) -> None:
+    """A real ``discover`` over a /8, or over ::/0 and 0.0.0.0/0 with --max-pairs 10**42,
+    under a one-address TRACKSSL_ALLOW: it tries that one address, exits 0, and its peak
+    RSS stays under the README's bound (the plan is never listed)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("peak RSS is read from /proc (Linux)")
+    port = free_port()
+    child = child_env(env / "state", TRACKSSL_ALLOW="127.0.0.1/32")
+    proc, peak_kib = run_agent_measured(
+        ["discover", *networks, "--ports", str(port)], env=child, cwd=env / "work", timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    fields = summary(proc.stderr)
+    assert (fields["tried"], fields["ports"]) == ("1", "1")
+    assert int(fields["outside"].replace(",", "")) >= 2**24 - 3
+    assert peak_kib < MEMORY_BOUND_KIB, f"peak RSS {peak_kib} KiB"
+
+
+def test_endpoints_found_keep_their_line_not_their_chain(env: Path) -> None:
+    """400 endpoints presenting 96 KB chains (about the most OpenSSL takes; 38 MB in all)
+    are all listed, while the real ``discover`` process stays under the README's bound:
+    of each endpoint only its output line is kept."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("peak RSS is read from /proc (Linux)")
+    key = new_key("ec")
+    names = tuple(f"h{n:05}.department.corp.example" for n in range(3000))
+    chain = (der(make_cert(cn="big-chain", key=key)), der(make_cert(cn="ca", key=key, sans=names)))
+    assert len(b"".join(chain)) > 90_000
+    servers: list[TcpServer] = []
+    try:
+        servers += [raw_tls12_server(chain) for _ in range(400)]
+        ports = ",".join(str(s.port) for s in servers)
+        child = child_env(env / "state")
+        args = ["discover", "127.0.0.1", "--ports", ports, "--concurrency", "2", "--rate", "5000"]
+        proc, peak_kib = run_agent_measured(args, env=child, cwd=env / "work", timeout=120)
+    finally:
+        for server in servers:
+            server.close()
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 400
+    assert all(" # CN=big-chain, expires " in line for line in lines)
+    assert summary(proc.stderr)["certs"] == "400"
+    assert peak_kib < MEMORY_BOUND_KIB, f"peak RSS {peak_kib} KiB"
+
+
+def test_one_endpoint_spelled_two_ways_is_contacted_once(env: Path, chain: Chain) -> None:
+    """``discover 127.0.0.1 ::ffff:127.0.0.1`` (a real process) connects once to the one
+    TLS server there and lists it once."""
+    server = TcpServer(tls_handler(server_context(chain)))
+    try:
+        args = ["discover", "127.0.0.1", "::ffff:127.0.0.1", "--ports", str(server.port)]
+        proc = run_agent(args, env=child_env(env / "state"), cwd=env / "work")
+        time.sleep(0.2)  # let the accept thread record anything that arrived
+        connections = len(server.connections)
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    assert connections == 1
+    assert proc.stdout == f"127.0.0.1:{server.port} # CN=localhost, expires {expires(chain)}\n"
+    fields = summary(proc.stderr)
+    assert (fields["addresses"], fields["tried"]) == ("1", "1")
+
+
+def test_long_subject_keeps_the_line_within_the_targets_file_limit() -> None:
+    """A 5,000-character subject is cut in the comment: the line stays far below the
+    4,096-byte limit of a targets-file line, and reads back as the endpoint alone."""
+    key = new_key("ec")
+    units = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "u" * 60) for _ in range(80)]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(units)).issuer_name(x509.Name(units))
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(datetime(2026, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2031, 5, 6, tzinfo=UTC))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    address = plan(["127.0.0.1"], [443], resolver=_no_lookup).addresses[0]
+    result = ProbeResult(
+        target=endpoint_target(address, 443), servername=None, address="127.0.0.1",
+        probed_at=datetime.now(UTC), elapsed_ms=1.0, chain=(der(cert),),
+    )  # fmt: skip
+    line = targets_line(result)
+    assert len(line.encode()) < 300
+    assert line.startswith("127.0.0.1:443 # OU=uuu")
+    assert line.endswith("u..., expires 2031-05-06\n")
+    parsed = read_targets_file([line], source="found.txt", starttls=protocols.AUTO)
+    assert [t.text for t in parsed] == ["127.0.0.1:443"]
+
+
+def test_json_entries_join_into_the_probe_json_array(chain: Chain) -> None:
+    """The kept JSON entries join into exactly what ``json.dumps`` of the results' objects
+    prints (the probe JSON array), for none, one and two endpoints."""
+    now = datetime.now(UTC)
+    address = plan(["127.0.0.1"], [443], resolver=_no_lookup).addresses[0]
+    results = [
+        ProbeResult(
+            target=endpoint_target(address, port),
+            servername=None,
+            address="127.0.0.1",
+            probed_at=now,
+            elapsed_ms=1.0,
+            chain=tuple(chain.ders),
+        )
+        for port in (443, 636)
+    ]
+    for found in ([], results[:1], results):
+        expected = json.dumps([output.result_json(r, now) for r in found], indent=2) + "\n"
+        assert render_json([json_entry(now)(r) for r in found]) == expected

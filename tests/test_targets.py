@@ -1,15 +1,29 @@
-"""TARGET parsing (SPEC section 2) and the STARTTLS selection rules."""
+"""TARGET parsing (SPEC section 2), the STARTTLS selection rules, and targets files read
+within their bounds (also through real ``check-once --targets`` processes)."""
 
 from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trackssl_agent import protocols
+from tests.child_process import child_env, run_agent
+from trackssl_agent import protocols, targets
 from trackssl_agent.errors import UsageError
 from trackssl_agent.protocols import Protocol
-from trackssl_agent.targets import parse_target, read_targets_file
+from trackssl_agent.targets import (
+    MAX_FILE_BYTES,
+    MAX_LINE_BYTES,
+    MAX_TARGETS,
+    parse_target,
+    read_targets_file,
+    read_targets_stream,
+)
 
 
 @pytest.mark.parametrize(
@@ -196,3 +210,147 @@ def test_invisible_characters_are_rejected(text: str) -> None:
     (BOM, soft hyphen, zero-width space) was accepted and contacted as another name."""
     with pytest.raises(UsageError, match="invisible characters"):
         parse_target(text)
+
+
+# --- targets files: read a line at a time, within their bounds -------------------------
+
+
+class _Endless(io.RawIOBase):
+    """An endless stream of one byte (``/dev/zero`` or ``yes``), counting what was read."""
+
+    def __init__(self, byte: bytes) -> None:
+        self.byte = byte
+        self.served = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size = len(buffer)
+        buffer[:size] = self.byte * size
+        self.served += size
+        return size
+
+
+def _read(data: bytes) -> list[str]:
+    return [t.text for t in read_targets_stream(io.BytesIO(data), source="t.txt", starttls="auto")]
+
+
+def test_endless_line_is_refused_after_reading_one_line() -> None:
+    """An endless line (``/dev/zero``) is refused naming the line limit, after reading
+    hardly more than that line: the file is never read whole."""
+    raw = _Endless(b"\0")
+    with pytest.raises(UsageError, match=r"t\.txt: line 1 is longer than 4,096 bytes") as info:
+        read_targets_stream(io.BufferedReader(raw), source="t.txt", starttls="auto")
+    assert raw.served <= 64 * 1024
+    assert len(str(info.value)) < 200
+
+
+def test_line_limit_is_4096_bytes_without_the_newline() -> None:
+    """A 4,096-byte line (CRLF or LF ended, or the last one) is read; 4,097 is refused."""
+    line = b"ok.example #" + b"c" * (MAX_LINE_BYTES - 12)
+    assert len(line) == MAX_LINE_BYTES
+    assert _read(line + b"\r\n" + line + b"\n" + line) == ["ok.example"] * 3
+    with pytest.raises(UsageError, match="line 2 is longer than 4,096 bytes"):
+        _read(line + b"\n" + line + b"c\n")
+
+
+def test_file_larger_than_16_mib_is_refused() -> None:
+    """A file of exactly 16 MiB is read; one byte more is refused, naming the limit."""
+    comment = b"#" + b"c" * 1022 + b"\n"
+    body = comment * (MAX_FILE_BYTES // len(comment) - 1)
+    head = b"ok.example\n"
+    exact = head + b"#" * (MAX_FILE_BYTES - len(head) - len(body) - 1) + b"\n" + body
+    assert len(exact) == MAX_FILE_BYTES
+    assert _read(exact) == ["ok.example"]
+    with pytest.raises(UsageError, match="larger than 16 MiB, the limit for a targets file"):
+        _read(exact + b"\n")
+
+
+def test_more_than_max_targets_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_TARGETS (100,000, as the README says) targets are read; one more is refused
+    naming its line and the limit (the boundary checked at a limit of 5)."""
+    assert MAX_TARGETS == 100_000
+    monkeypatch.setattr(targets, "MAX_TARGETS", 5)
+    assert len(_read(b"# header\n" + b"a.example\n" * 5)) == 5
+    with pytest.raises(UsageError, match=r"t\.txt, line 8: more than 5 targets, the limit"):
+        _read(b"# header\n" + b"a.example\n" * 5 + b"\nb.example\n")
+
+
+def test_lines_are_numbered_as_an_editor_shows_them() -> None:
+    """CR, CRLF and LF each end a line; a BOM starts the file; the bad line's number."""
+    assert _read(b"\xef\xbb\xbfa.example\r\nb.example\rc.example\n") == [
+        "a.example", "b.example", "c.example",
+    ]  # fmt: skip
+    with pytest.raises(UsageError, match=r"t\.txt, line 3: invalid target 'bad host'"):
+        _read(b"a.example\r\nb.example\rbad host\n")
+
+
+def test_text_that_is_not_utf8_names_its_line() -> None:
+    """Bytes that are not UTF-8 are a usage error naming the line, not a traceback."""
+    with pytest.raises(UsageError, match=r"t\.txt: line 2 is not UTF-8"):
+        _read(b"a.example\nb\xff.example\n")
+
+
+def test_long_bad_line_is_quoted_cut_short() -> None:
+    """A bad 3,599-character line is quoted by its first 80 characters and its length."""
+    line = ("bad host " * 400).strip()
+    with pytest.raises(UsageError) as info:
+        _read(b"ok.example\n" + line.encode() + b"\n")
+    message = str(info.value)
+    assert len(message) < 300
+    assert f"{line[:80]!r}... (3,599 characters)" in message
+    assert "t.txt, line 2" in message
+
+
+# --- the same through real check-once processes -----------------------------------------
+
+
+def _check_once(env: Path, targets: Path | str) -> subprocess.CompletedProcess[str]:
+    args = ["check-once", "--targets", str(targets), "--timeout", "2"]
+    return run_agent(args, env=child_env(env / "state"), cwd=env / "work", timeout=60)
+
+
+def test_dev_zero_as_targets_is_exit_3_in_one_line(env: Path) -> None:
+    """``check-once --targets /dev/zero`` exits 3 with one short line naming the file and
+    the line limit (was: internal error: MemoryError)."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero here")
+    proc = _check_once(env, "/dev/zero")
+    assert proc.returncode == 3
+    assert len(proc.stderr) < 1000
+    assert proc.stderr.count("\n") == 1
+    assert "/dev/zero: line 1 is longer than 4,096 bytes" in proc.stderr
+
+
+def test_50_mb_one_line_file_is_exit_3_in_one_line(env: Path) -> None:
+    """A 50 MB file of one line exits 3 with a short error naming the limit, not the line."""
+    big = env / "one-line.txt"
+    with big.open("wb") as handle:
+        for _ in range(50):
+            handle.write(b"x" * 1_000_000)
+    proc = _check_once(env, big)
+    assert proc.returncode == 3
+    assert len(proc.stderr) < 1000
+    assert f"{big}: line 1 is longer than 4,096 bytes" in proc.stderr
+
+
+def test_17_mib_file_is_exit_3_in_one_line(env: Path) -> None:
+    """A file of short lines beyond 16 MiB exits 3 naming the file and the size limit."""
+    big = env / "many.txt"
+    big.write_bytes(b"#" * 1023 + b"\n" + (b"#" * 1023 + b"\n") * (17 * 1024))
+    proc = _check_once(env, big)
+    assert proc.returncode == 3
+    assert len(proc.stderr) < 1000
+    assert f"{big}: the file is larger than 16 MiB" in proc.stderr
+
+
+def test_long_bad_line_through_check_once_is_quoted_short(env: Path) -> None:
+    """A bad 4,000-character line exits 3 with a short error quoting its start."""
+    targets = env / "targets.txt"
+    targets.write_text("ok.example\n" + "bad!" * 1000 + "\n")
+    proc = _check_once(env, targets)
+    assert proc.returncode == 3
+    assert len(proc.stderr) < 1000
+    assert "targets.txt, line 2: invalid target 'bad!bad!" in proc.stderr
+    assert "... (4,000 characters)" in proc.stderr

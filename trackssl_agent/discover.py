@@ -12,18 +12,20 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from trackssl_agent import probe, protocols
+from trackssl_agent import discover_spans, probe, protocols
+from trackssl_agent.allow import AllowList, unmapped
+from trackssl_agent.discover_spans import Span
 from trackssl_agent.errors import UsageError
 from trackssl_agent.results import ProbeError
-from trackssl_agent.targets import Target, parse_target
+from trackssl_agent.targets import parse_target
 from trackssl_agent.transport import Deadline
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Allow = Callable[[Target, str], bool]
 
 MAX_ADDRESSES = 65_536
-"""More addresses than this (a /16) is a usage error unless ``--max-pairs`` is given."""
+"""More addresses to contact than this (a /16) is a usage error unless ``--max-pairs`` is
+given; those outside TRACKSSL_ALLOW do not count."""
 MAX_PAIRS = 1_048_576
 """More address x port pairs than this is a usage error unless ``--max-pairs`` raises it."""
 
@@ -67,10 +69,35 @@ def _port(text: str, item: str) -> int:
 
 
 @dataclass(frozen=True)
+class Addresses:
+    """The addresses a scan contacts, sorted (IPv4 first), each once: held as spans and
+    generated one at a time as the scan asks for them."""
+
+    spans: tuple[Span, ...]
+
+    @property
+    def count(self) -> int:
+        """How many there are (``len`` cannot tell beyond 2**63)."""
+        return discover_spans.count(self.spans)
+
+    def __iter__(self) -> Iterator[Address]:
+        return discover_spans.addresses(self.spans)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return bool(self.spans)  # not ``len``: that raises beyond 2**63
+
+    def __getitem__(self, index: int) -> Address:
+        return discover_spans.address_at(self.spans, index)
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a scan will contact: decided before the first connection."""
 
-    addresses: tuple[Address, ...]
+    addresses: Addresses
     """The addresses to contact, sorted (IPv4 first), each once."""
     ports: tuple[int, ...]
     outside: int
@@ -79,12 +106,12 @@ class Plan:
     @property
     def total_addresses(self) -> int:
         """Every address the arguments name, those outside TRACKSSL_ALLOW included."""
-        return len(self.addresses) + self.outside
+        return self.addresses.count + self.outside
 
     @property
     def pairs(self) -> int:
         """Address x port pairs to try."""
-        return len(self.addresses) * len(self.ports)
+        return self.addresses.count * len(self.ports)
 
 
 Resolver = Callable[[str, int], list[Address]]
@@ -112,32 +139,46 @@ def plan(
     ports: Sequence[int],
     *,
     family: int = socket.AF_UNSPEC,
-    allow: Allow | None = None,
+    allow: AllowList | None = None,
     max_pairs: int | None = None,
     resolver: Resolver,
 ) -> Plan:
-    """Expand NETWORK arguments into the addresses to contact; UsageError (exit 3) for a bad
+    """Turn NETWORK arguments into the addresses to contact; UsageError (exit 3) for a bad
     argument or a scan beyond the limits, before anything is contacted.
 
-    Without ``max_pairs``: at most ``MAX_ADDRESSES`` addresses and ``MAX_PAIRS`` pairs;
-    with it, at most ``max_pairs`` pairs and nothing else.
+    Nothing is listed: each argument is a few spans, intersected with TRACKSSL_ALLOW's
+    networks, so the addresses left out are counted, never generated. The limits count
+    the addresses that will be contacted: without ``max_pairs``, at most
+    ``MAX_ADDRESSES`` addresses and ``MAX_PAIRS`` pairs; with it, at most ``max_pairs``
+    pairs and nothing else.
     """
     if not ports:
         raise UsageError("--ports names no port")
     address_limit = MAX_ADDRESSES if max_pairs is None else max(max_pairs // len(ports), 1)
-    chosen: set[Address] = set()
-    outside: set[Address] = set()
+    fence = _fence(allow)
+    fenced = allow is not None
+    # Every address the arguments name, and those of them to contact.
+    mentioned: tuple[Span, ...] = ()
+    chosen: tuple[Span, ...] = ()
     for text in networks:
-        name, addresses = _expand(text, family, resolver, address_limit, max_pairs)
-        check = _checker(name, allow)
-        for address in addresses:
-            (chosen if check(address) else outside).add(address)
-        outside -= chosen  # let in by one argument's name glob, though not by another's
-        if len(chosen) + len(outside) > address_limit:
-            count = len(chosen) + len(outside)
-            raise _too_many_addresses("the networks hold", count, address_limit, max_pairs)
+        name, spans = _expand(text, family, resolver)
+        inside = spans
+        # A host name argument is let in whole by a glob naming it, as a target would be.
+        admitted = allow is None or (name is not None and allow.admits_name(name))
+        if fence is not None and not admitted:
+            inside = discover_spans.intersection(spans, fence)
+        count = discover_spans.count(inside)
+        if count > address_limit:
+            where = f"{text} holds"
+            raise _too_many_addresses(where, count, address_limit, max_pairs, fenced=fenced)
+        mentioned = discover_spans.union(mentioned + spans)
+        chosen = discover_spans.union(chosen + inside)
+        count = discover_spans.count(chosen)
+        if count > address_limit:
+            where = "the networks hold"
+            raise _too_many_addresses(where, count, address_limit, max_pairs, fenced=fenced)
     pair_limit = MAX_PAIRS if max_pairs is None else max_pairs
-    total = len(chosen) + len(outside)
+    total = discover_spans.count(chosen)
     pairs = total * len(ports)
     if pairs > pair_limit:
         raise UsageError(
@@ -145,8 +186,8 @@ def plan(
             f"{pairs:,} pairs, more than {pair_limit:,}; narrow NETWORK or --ports, or raise "
             "the limit with --max-pairs N"
         )
-    ordered = tuple(sorted(chosen, key=address_key))
-    return Plan(addresses=ordered, ports=tuple(ports), outside=len(outside))
+    outside = discover_spans.count(mentioned) - total
+    return Plan(addresses=Addresses(chosen), ports=tuple(ports), outside=outside)
 
 
 def address_key(address: Address) -> tuple[int, int]:
@@ -154,41 +195,32 @@ def address_key(address: Address) -> tuple[int, int]:
     return address.version, int(address)
 
 
-def _too_many_addresses(where: str, count: int, limit: int, max_pairs: int | None) -> UsageError:
+def _fence(allow: AllowList | None) -> tuple[Span, ...] | None:
+    """TRACKSSL_ALLOW's networks as spans, or None when everything is allowed."""
+    if allow is None:
+        return None
+    return discover_spans.union(s for n in allow.networks for s in discover_spans.every(n))
+
+
+def _too_many_addresses(
+    where: str, count: int, limit: int, max_pairs: int | None, *, fenced: bool
+) -> UsageError:
     """The usage error for more addresses than ``limit``; ``where`` says whose they are."""
     how = (
         "raise --max-pairs"
         if max_pairs is not None
         else "allow more with --max-pairs N (address x port pairs)"
     )
+    inside = " inside TRACKSSL_ALLOW" if fenced else ""
     return UsageError(
-        f"discover: {where} {count:,} addresses, more than the {limit:,} allowed; "
+        f"discover: {where} {count:,} addresses{inside}, more than the {limit:,} allowed; "
         f"narrow NETWORK, or {how}"
     )
 
 
-def _checker(name: str | None, allow: Allow | None) -> Callable[[Address], bool]:
-    """Whether TRACKSSL_ALLOW lets the scan contact an address of one argument: a host name
-    argument matches the globs by that name, as ``check-once`` does for a target."""
-    if allow is None:
-        return lambda _address: True
-    allow_list = allow
-    if name is not None:
-        named = Target(text=name, host=name, port=443, starttls=None, is_ip=False)
-        return lambda address: allow_list(named, str(address))
-
-    def check(address: Address) -> bool:
-        shown = str(address)
-        return allow_list(Target(shown, shown, 443, None, is_ip=True), shown)
-
-    return check
-
-
-def _expand(
-    text: str, family: int, resolver: Resolver, limit: int, max_pairs: int | None
-) -> tuple[str | None, Iterator[Address]]:
-    """``(host name or None, addresses)`` of one NETWORK argument; UsageError when it is
-    none of a CIDR, an address or a host name, or holds more than ``limit`` addresses."""
+def _expand(text: str, family: int, resolver: Resolver) -> tuple[str | None, tuple[Span, ...]]:
+    """``(host name or None, spans)`` of one NETWORK argument, of the family asked for;
+    UsageError when it is none of a CIDR, an address or a host name."""
     network = _network(text)
     if network is None:
         if "/" in text or ":" in text:
@@ -200,16 +232,20 @@ def _expand(
             addresses = resolver(text, family)
         except UsageError as exc:
             raise UsageError(f"discover: {text!r}: {exc}") from None
-        return text, iter(addresses)
+        return text, discover_spans.union(discover_spans.single(unmapped(a)) for a in addresses)
+    spans = discover_spans.union(discover_spans.hosts(network))
     wanted = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(socket.AddressFamily(family))
-    if wanted is not None and network.version != wanted:
+    if wanted is None:
+        return None, spans
+    kept = tuple(span for span in spans if span.version == wanted)
+    if not kept:
+        other = 10 - wanted
+        mapped = " (IPv4-mapped)" if network.version != other else ""
         raise UsageError(
-            f"discover: {text} is an IPv{network.version} network, but -{wanted} asks for "
+            f"discover: {text} is an IPv{other} network{mapped}, but -{wanted} asks for "
             f"IPv{wanted} only"
         )
-    if host_count(network) > limit:
-        raise _too_many_addresses(f"{text} holds", host_count(network), limit, max_pairs)
-    return None, hosts(network)
+    return None, kept
 
 
 def _network(text: str) -> Network | None:
@@ -220,22 +256,3 @@ def _network(text: str) -> Network | None:
         return ipaddress.ip_network(inner, strict=False)
     except ValueError:
         return None
-
-
-def host_count(network: Network) -> int:
-    """How many addresses of ``network`` a scan contacts (see ``hosts``)."""
-    if network.version == 4 and network.prefixlen < 31:
-        return network.num_addresses - 2
-    return network.num_addresses
-
-
-def hosts(network: Network) -> Iterator[Address]:
-    """The addresses to scan: all of them, except the network and broadcast addresses of an
-    IPv4 network larger than /31 (RFC 3021 makes both of a /31 hosts).
-
-    Not ``Network.hosts()`` for IPv6: it leaves out the Subnet-Router anycast address,
-    which a server may well hold.
-    """
-    if network.version == 4 and network.prefixlen < 31:
-        return network.hosts()
-    return iter(network)

@@ -5,12 +5,17 @@ Each pair is one ``probe.probe``: its connect is the scan's TCP connect, so an o
 costs one connection, not a connect to find it and a second to probe it. Where nothing
 listens the probe ends at its connect stage, with no address reached, which is what
 "closed" means here.
+
+The pairs are generated as the probes take them, and of an endpoint found only the entry
+it prints is kept (its targets-file line or its JSON object), never its chain: memory
+grows with what is found, not with the networks scanned.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,8 +32,15 @@ from trackssl_agent.targets import Target
 DEFAULT_RATE = 500
 """New connection attempts per second unless ``--rate`` says otherwise."""
 
+MAX_SUBJECT = 200
+"""Characters of a leaf's subject shown in a targets-file comment, at most: a subject of
+any length keeps the line far below the targets file's 4,096-byte line limit."""
+
 Progress = Callable[[int, int], None]
 """``(pairs done, pairs in all)``, called after each pair."""
+
+Render = Callable[[ProbeResult], str]
+"""What an endpoint found is kept as: its targets-file line or its JSON object."""
 
 
 class RateLimiter:
@@ -101,8 +113,9 @@ class Discovery:
     """Pairs probed (all of the plan's unless the scan was stopped)."""
     open: int
     """Pairs where the TCP connect succeeded."""
-    found: tuple[ProbeResult, ...]
-    """The endpoints that presented a certificate, sorted by address, then port."""
+    found: tuple[str, ...]
+    """The entries (``Render``'s) of the endpoints that presented a certificate, sorted by
+    address, then port."""
     elapsed: float
     """Seconds the scan took."""
 
@@ -132,7 +145,8 @@ def _count(number: int, one: str, many: str) -> str:
 
 
 def _pairs(plan: Plan, dialogues: Mapping[int, Protocol], limiter: RateLimiter) -> Iterator[Target]:
-    """The pairs as Targets, each handed out no sooner than the limiter allows.
+    """The pairs as Targets, each made when a probe takes it and handed out no sooner than
+    the limiter allows.
 
     Port by port across the addresses, so that consecutive attempts go to different hosts
     rather than twenty at once to one. The probe workers draw from this one iterator under
@@ -150,29 +164,41 @@ def scan(
     *,
     concurrency: int,
     rate: int = DEFAULT_RATE,
+    render: Render | None = None,
     dialogues: Mapping[int, Protocol] = protocols.PORTS,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> Discovery:
     """Probe every pair of ``plan`` (TRACKSSL_ALLOW already applied by it), at most
     ``concurrency`` at once and ``rate`` new connections a second; ``dialogues`` is the
-    port table that picks a STARTTLS dialogue (direct TLS on every other port)."""
+    port table that picks a STARTTLS dialogue (direct TLS on every other port). Each
+    endpoint found is kept as ``render`` makes it (``targets_line`` by default)."""
     started = time.monotonic()
     limiter = RateLimiter(rate, burst=burst_for(rate))
+    keep = render or targets_line
     workers = max(1, min(concurrency, plan.pairs))
     tried = opened = 0
-    found: list[ProbeResult] = []
+    found: list[tuple[tuple[int, int, int], str]] = []
     pairs = _pairs(plan, dialogues, limiter)
-    for _index, result in probe_pool.probe_many(pairs, settings, concurrency=workers, stop=stop):
+    # As many results waiting as probes running: each may hold a chain of up to 1 MiB,
+    # and the reader, which keeps a line of each, is quick.
+    results = probe_pool.probe_many(
+        pairs, settings, concurrency=workers, stop=stop, waiting=workers
+    )
+    for _index, result in results:
         tried += 1
         opened += result.address is not None
         if result.ok and result.chain:
-            found.append(result)
+            found.append((_result_key(result), keep(result)))
         if progress is not None:
             progress(tried, plan.pairs)
-    found.sort(key=_result_key)
+    found.sort(key=lambda entry: entry[0])
     return Discovery(
-        plan=plan, tried=tried, open=opened, found=tuple(found), elapsed=time.monotonic() - started
+        plan=plan,
+        tried=tried,
+        open=opened,
+        found=tuple(text for _key, text in found),
+        elapsed=time.monotonic() - started,
     )
 
 
@@ -181,20 +207,37 @@ def _result_key(result: ProbeResult) -> tuple[int, int, int]:
     return version, number, result.target.port
 
 
-def render_targets(found: Sequence[ProbeResult]) -> str:
-    """A targets file for ``check-once --targets``: one TARGET a line, each followed by
-    ``# subject, expires YYYY-MM-DD`` (certificate text made printable: a newline in a
-    subject must not start a line of its own)."""
-    lines = []
-    for result in found:
-        leaf = output.leaf_summary(result)
-        subject = leaf.subject if leaf is not None and leaf.subject else "(no subject)"
-        not_after = leaf.not_after if leaf is not None else None
-        expires = not_after.strftime("%Y-%m-%d") if not_after is not None else "unknown"
-        lines.append(f"{result.target.text} # {printable(subject)}, expires {expires}\n")
-    return "".join(lines)
+def targets_line(result: ProbeResult) -> str:
+    """The targets-file line of an endpoint, for ``check-once --targets``: its TARGET and
+    ``# subject, expires YYYY-MM-DD`` (the subject made printable, so that a newline in it
+    cannot start a line of its own, and cut to ``MAX_SUBJECT`` characters)."""
+    leaf = output.leaf_summary(result)
+    subject = printable(leaf.subject) if leaf is not None and leaf.subject else "(no subject)"
+    if len(subject) > MAX_SUBJECT:
+        subject = subject[: MAX_SUBJECT - 3] + "..."
+    not_after = leaf.not_after if leaf is not None else None
+    expires = not_after.strftime("%Y-%m-%d") if not_after is not None else "unknown"
+    return f"{result.target.text} # {subject}, expires {expires}\n"
 
 
-def render_json(found: Sequence[ProbeResult], now: datetime) -> str:
-    """The probe JSON array (SPEC section 4) of the endpoints found."""
-    return json.dumps([output.result_json(r, now) for r in found], indent=2) + "\n"
+def json_entry(now: datetime) -> Render:
+    """The ``Render`` that keeps an endpoint as its object of the probe JSON (SPEC
+    section 4), indented as an element of ``render_json``'s array."""
+
+    def render(result: ProbeResult) -> str:
+        return textwrap.indent(json.dumps(output.result_json(result, now), indent=2), "  ")
+
+    return render
+
+
+def render_targets(found: Sequence[str]) -> str:
+    """A targets file of ``targets_line`` entries."""
+    return "".join(found)
+
+
+def render_json(found: Sequence[str]) -> str:
+    """The probe JSON array of ``json_entry`` entries: what ``json.dumps`` of the list
+    with ``indent=2`` would print."""
+    if not found:
+        return "[]\n"
+    return "[\n" + ",\n".join(found) + "\n]\n"

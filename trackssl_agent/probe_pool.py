@@ -26,15 +26,16 @@ def probe_many(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     stop: threading.Event | None = None,
+    waiting: int = WAITING,
 ) -> Iterator[tuple[int, ProbeResult]]:
     """Probe targets concurrently; yield ``(input index, result)`` as each completes.
 
     ``concurrency`` worker threads take targets from one iterator and put results on one
     queue: nothing is kept for finished ones, so memory does not grow with the number of
     targets. Once ``stop`` is set (or the caller stops iterating) no new probe starts;
-    those in flight end by their deadline.
+    those in flight end by their deadline. At most ``waiting`` results wait for the caller.
     """
-    results = start_probes(targets, settings, concurrency=concurrency, stop=stop)
+    results = start_probes(targets, settings, concurrency=concurrency, stop=stop, waiting=waiting)
     try:
         while (item := results.get()) is not None:
             yield item

@@ -1,11 +1,14 @@
-"""TARGET parsing (SPEC section 2): host, port and the dialogue that leads to TLS."""
+"""TARGET parsing (SPEC section 2): host, port and the dialogue that leads to TLS; targets
+files, read line by line within their bounds."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import idna
 
@@ -14,6 +17,17 @@ from trackssl_agent.errors import UsageError
 from trackssl_agent.protocols import Protocol
 
 DEFAULT_PORT = 443
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""A targets file larger than this (16 MiB) is refused."""
+MAX_TARGETS = 100_000
+"""A targets file naming more targets than this is refused: each costs some 200 bytes
+parsed and a result probed, and 16 MiB of one-letter names would be 8 million."""
+MAX_LINE_BYTES = 4096
+"""A targets-file line longer than this (its LF or CRLF not counted) is refused: a target is
+at most a scheme, 253 characters of name and a port, and a comment need not be longer."""
+QUOTE_CHARS = 80
+"""Characters of a bad target quoted in its error, at most."""
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
 _ASCII_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
@@ -49,9 +63,9 @@ class Target:
         _check_characters(text)
         inner = host[1:-1] if bracketed else host
         if not inner:
-            raise UsageError(f"invalid target {text!r}: the host is empty")
+            raise UsageError(f"invalid target {quote(text)}: the host is empty")
         if not 1 <= port <= 65535:
-            raise UsageError(f"invalid target {text!r}: port {port} is outside 1-65535")
+            raise UsageError(f"invalid target {quote(text)}: port {port} is outside 1-65535")
         name, is_ip = _check_host(text, inner, bracketed=bracketed)
         return cls(text=text, host=name, port=port, starttls=starttls, is_ip=is_ip)
 
@@ -82,14 +96,18 @@ def _check_hostname(text: str, host: str) -> str:
     try:
         ascii_name = encode_hostname(host)
     except idna.IDNAError as exc:
+        reason = str(exc)
+        reason = reason if len(reason) <= QUOTE_CHARS else reason[:QUOTE_CHARS] + "..."
         raise UsageError(
-            f"invalid target {text!r}: host {host!r} is not a valid name ({exc})"
+            f"invalid target {quote(text)}: host {quote(host)} is not a valid name ({reason})"
         ) from None
     if not ascii_name or len(ascii_name) > 253:
-        raise UsageError(f"invalid target {text!r}: host name is empty or too long")
+        raise UsageError(f"invalid target {quote(text)}: host name is empty or too long")
     for label in ascii_name.split("."):
         if not _ASCII_LABEL.match(label):
-            raise UsageError(f"invalid target {text!r}: {host!r} is not a valid host name")
+            raise UsageError(
+                f"invalid target {quote(text)}: {quote(host)} is not a valid host name"
+            )
     return host
 
 
@@ -98,7 +116,7 @@ def _check_characters(text: str) -> None:
     # so a name shown one way would be contacted as another.
     if _BAD_CHARS.search(text) or not text.isprintable():
         raise UsageError(
-            f"invalid target {text!r}: it contains spaces, control or invisible characters"
+            f"invalid target {quote(text)}: it contains spaces, control or invisible characters"
         )
 
 
@@ -112,20 +130,20 @@ def _check_host(text: str, host: str, *, bracketed: bool) -> tuple[str, bool]:
     except ValueError:
         if ":" in host or bracketed:
             raise UsageError(
-                f"invalid target {text!r}: {host!r} is not a valid IPv6 address"
+                f"invalid target {quote(text)}: {quote(host)} is not a valid IPv6 address"
             ) from None
         return _check_hostname(text, host), False
     if bracketed and address.version != 6:
-        raise UsageError(f"invalid target {text!r}: brackets are for IPv6 addresses only")
+        raise UsageError(f"invalid target {quote(text)}: brackets are for IPv6 addresses only")
     return str(address), True
 
 
 def _parse_port(text: str, port_text: str) -> int:
     if not port_text.isdigit() or not port_text.isascii():
-        raise UsageError(f"invalid target {text!r}: port {port_text!r} is not a number")
+        raise UsageError(f"invalid target {quote(text)}: port {quote(port_text)} is not a number")
     port = int(port_text)
     if not 1 <= port <= 65535:
-        raise UsageError(f"invalid target {text!r}: port {port} is outside 1-65535")
+        raise UsageError(f"invalid target {quote(text)}: port {port} is outside 1-65535")
     return port
 
 
@@ -134,12 +152,12 @@ def _split_host_port(text: str, rest: str) -> tuple[str, str | None]:
     if rest.startswith("["):
         end = rest.find("]")
         if end < 0:
-            raise UsageError(f"invalid target {text!r}: missing ']' after the IPv6 address")
+            raise UsageError(f"invalid target {quote(text)}: missing ']' after the IPv6 address")
         host, after = rest[1:end], rest[end + 1 :]
         if after == "":
             return host, None
         if not after.startswith(":"):
-            raise UsageError(f"invalid target {text!r}: unexpected {after!r} after ']'")
+            raise UsageError(f"invalid target {quote(text)}: unexpected {quote(after)} after ']'")
         return host, after[1:]
     if rest.count(":") > 1:
         return rest, None  # a bare IPv6 literal such as ::1 carries no port
@@ -168,20 +186,22 @@ def parse_target(text: str, *, starttls: str = protocols.AUTO) -> Target:
         scheme = match.group(1).lower()
         if scheme not in protocols.SCHEMES:
             known = ", ".join(sorted(protocols.SCHEMES))
-            raise UsageError(f"invalid target {text!r}: unknown scheme {scheme!r} (known: {known})")
+            raise UsageError(
+                f"invalid target {quote(text)}: unknown scheme {quote(scheme)} (known: {known})"
+            )
         scheme_protocol, default_port = protocols.SCHEMES[scheme]
         has_scheme = True
         rest = match.group(2)
         if rest.endswith("/"):
             rest = rest[:-1]
         if "/" in rest or "?" in rest or "@" in rest:
-            raise UsageError(f"invalid target {text!r}: only scheme://host[:port] is accepted")
+            raise UsageError(f"invalid target {quote(text)}: only scheme://host[:port] is accepted")
     host, port_text = _split_host_port(text, rest)
     if not host:
-        raise UsageError(f"invalid target {text!r}: the host is empty")
+        raise UsageError(f"invalid target {quote(text)}: the host is empty")
     if port_text is None:
         if default_port is None:
-            raise UsageError(f"invalid target {text!r}: this scheme needs an explicit :port")
+            raise UsageError(f"invalid target {quote(text)}: this scheme needs an explicit :port")
         port = default_port
     else:
         port = _parse_port(text, port_text)
@@ -192,13 +212,28 @@ def parse_target(text: str, *, starttls: str = protocols.AUTO) -> Target:
     return Target(text=text, host=host, port=port, starttls=chosen, is_ip=is_ip)
 
 
-def read_targets_file(lines: list[str], *, source: str, starttls: str) -> list[Target]:
-    """Parse a targets file: one TARGET a line, blank lines and ``#`` comments ignored."""
+def quote(text: str) -> str:
+    """``text`` quoted for a message: its repr, or the repr of its first ``QUOTE_CHARS``
+    characters and ``...`` with the length, so that a long line is not echoed whole."""
+    if len(text) <= QUOTE_CHARS:
+        return repr(text)
+    return f"{text[:QUOTE_CHARS]!r}... ({len(text):,} characters)"
+
+
+def read_targets_file(lines: Iterable[str], *, source: str, starttls: str) -> list[Target]:
+    """Parse a targets file: one TARGET a line, blank lines and ``#`` comments ignored;
+    UsageError naming the line of a bad target, or when there are more than
+    ``MAX_TARGETS``."""
     targets: list[Target] = []
     for number, raw in enumerate(lines, start=1):
         line = raw.split("#", 1)[0].strip().lstrip("\ufeff")
         if not line:
             continue
+        if len(targets) == MAX_TARGETS:
+            raise UsageError(
+                f"{source}, line {number}: more than {MAX_TARGETS:,} targets, the limit for a "
+                "targets file; split it into several files"
+            )
         try:
             targets.append(parse_target(line, starttls=starttls))
         except UsageError as exc:
@@ -206,13 +241,62 @@ def read_targets_file(lines: list[str], *, source: str, starttls: str) -> list[T
     return targets
 
 
-def read_targets_path(path: Path, *, starttls: str) -> list[Target]:
-    """The targets of ``--targets FILE``; UsageError when it cannot be read or names none."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--targets {path}: cannot read it: {exc}") from None
-    targets = read_targets_file(text.splitlines(), source=str(path), starttls=starttls)
+def read_targets_stream(stream: BinaryIO, *, source: str, starttls: str) -> list[Target]:
+    """The targets of a targets file read from ``stream`` (a file, later stdin) a line at
+    a time: UsageError naming ``source`` and the limit for a file beyond
+    ``MAX_FILE_BYTES`` or a line beyond ``MAX_LINE_BYTES`` (``/dev/zero`` is one endless
+    line), for text that is not UTF-8, and for a file that names no target."""
+    targets = read_targets_file(_lines(stream, source), source=source, starttls=starttls)
     if not targets:
-        raise UsageError(f"--targets {path}: the file names no target")
+        raise UsageError(f"--targets {source}: the file names no target")
     return targets
+
+
+def _lines(stream: BinaryIO, source: str) -> Iterator[str]:
+    """The lines of ``stream`` as ``str.splitlines`` would cut the decoded file (so a CR
+    ends a line too, and the numbers match an editor's), reading at most one line beyond
+    the bounds."""
+    total = 0
+    number = 0
+    while chunk := _read_line(stream, source):
+        total += len(chunk)
+        content = chunk.removesuffix(b"\n").removesuffix(b"\r")
+        if len(content) > MAX_LINE_BYTES:
+            raise UsageError(
+                f"--targets {source}: line {number + 1} is longer than {MAX_LINE_BYTES:,} "
+                "bytes, the limit for a targets-file line; is this a targets file?"
+            )
+        if total > MAX_FILE_BYTES:
+            raise UsageError(
+                f"--targets {source}: the file is larger than {MAX_FILE_BYTES >> 20} MiB, the "
+                "limit for a targets file; split it into several files"
+            )
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(
+                f"--targets {source}: line {number + 1} is not UTF-8 text; save the file as UTF-8"
+            ) from None
+        for line in text.splitlines():
+            number += 1
+            yield line
+
+
+def _read_line(stream: BinaryIO, source: str) -> bytes:
+    """One line with its newline (LF or CRLF), or ``MAX_LINE_BYTES + 2`` bytes of a longer
+    one; b"" at the end."""
+    try:
+        return stream.readline(MAX_LINE_BYTES + 2)
+    except OSError as exc:
+        raise UsageError(f"--targets {source}: cannot read it: {exc.strerror or exc}") from None
+
+
+def read_targets_path(path: Path, *, starttls: str) -> list[Target]:
+    """The targets of ``--targets FILE``; UsageError when it cannot be read, is beyond the
+    bounds or names none."""
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"--targets {path}: cannot read it: {exc.strerror or exc}") from None
+    with stream:
+        return read_targets_stream(stream, source=str(path), starttls=starttls)

@@ -13,7 +13,14 @@ import click
 from trackssl_agent import config, output_file, settings
 from trackssl_agent.cli.options import config_option, family_option, output_option, setting_option
 from trackssl_agent.discover import default_ports, make_resolver, parse_ports, plan
-from trackssl_agent.discover_scan import DEFAULT_RATE, render_json, render_targets, scan
+from trackssl_agent.discover_scan import (
+    DEFAULT_RATE,
+    json_entry,
+    render_json,
+    render_targets,
+    scan,
+    targets_line,
+)
 from trackssl_agent.errors import ExitCode
 from trackssl_agent.probe import ProbeSettings, address_family
 
@@ -108,14 +115,16 @@ def discover(
     # The plan already holds addresses only (of the chosen family, inside TRACKSSL_ALLOW).
     probe_settings = ProbeSettings(timeout=cfg.timeout, family=socket.AF_UNSPEC)
     progress = _ProgressLine() if sys.stderr.isatty() else None
+    render = json_entry(datetime.now(UTC)) if as_json else targets_line
     try:
         found = scan(
-            scan_plan, probe_settings, concurrency=cfg.concurrency, rate=rate, progress=progress
-        )
+            scan_plan, probe_settings, concurrency=cfg.concurrency, rate=rate, render=render,
+            progress=progress,
+        )  # fmt: skip
     finally:
         if progress is not None:
             progress.end()
-    text = render_json(found.found, datetime.now(UTC)) if as_json else render_targets(found.found)
+    text = render_json(found.found) if as_json else render_targets(found.found)
     click.echo(found.summary(), err=True)
     if output_path is None:
         click.echo(text, nl=False)
