@@ -37,6 +37,11 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def user(uid: int) -> str:
+    """``name (uid N)`` for messages, or ``uid N`` where the name is unknown."""
+    return _user(uid)
+
+
 def current_user() -> str:
     """The name this process runs as, for messages."""
     return _user(os.geteuid()) if _POSIX else os.environ.get("USERNAME", "this user")
