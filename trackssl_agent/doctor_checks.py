@@ -29,7 +29,8 @@ from trackssl_agent.log import printable
 from trackssl_agent.outbox import count_waiting
 from trackssl_agent.secret import Secret
 from trackssl_agent.settings import AGENT_TOKEN, AUTH_TOKEN
-from trackssl_agent.statedir import Folder, current_user, explain, open_folder
+from trackssl_agent.statedir import Folder, explain, open_folder
+from trackssl_agent.users import current_user
 
 if sys.platform != "win32":
     import fcntl

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from trackssl_agent.errors import LogFileError
-from trackssl_agent.statedir import current_user, user
+from trackssl_agent.users import current_user, user
 
 _POSIX = os.name == "posix"
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
