@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -17,12 +18,13 @@ import pytest
 
 from tests import test_run, tls_servers
 from tests.api_server import HANG, UNAUTHORIZED, ApiServer, domain_entries
-from tests.test_run import Agent
-from trackssl_agent import isolation, log
+from tests.test_run import AGENT, Agent, agent_env
+from trackssl_agent import isolation, liveness, log
 from trackssl_agent.cycle_report import CycleReport
 from trackssl_agent.cycle_state import StateDir
 from trackssl_agent.errors import ApiError, ExitCode
 from trackssl_agent.isolation import CycleProcess, CycleProcessError
+from trackssl_agent.scheduler import STALL_VAR
 from trackssl_agent.signals import SECOND_AFTER
 
 # test_run's fixtures: the agent process, a TLS target, a silent listener.
@@ -141,6 +143,57 @@ def test_a_stop_here_is_passed_on_to_the_child() -> None:
     report = CycleProcess(stop=stop, state=None).run(work)
     assert report.domains == 1
     assert time.monotonic() - began < 5
+
+
+def test_a_child_without_progress_is_killed_after_the_stall_limit() -> None:
+    """A child that stops making progress (here: sleeps, as a SIGSTOPped or deadlocked one
+    would) is killed after the stall limit and reaped; the error says why."""
+    pids: list[int] = []
+    cycles = CycleProcess(stop=threading.Event(), state=None, stall=1.0)
+
+    def work(_stop: threading.Event) -> CycleReport:
+        time.sleep(60)
+        return REPORT
+
+    began = time.monotonic()
+    with pytest.raises(CycleProcessError, match=r"showed no progress for 1s.*killed it.*outbox"):
+        cycles.run(work)
+    assert time.monotonic() - began < 10
+    pids.append(cycles.last_pid)
+    assert gone(pids[0])
+
+
+def test_a_child_that_keeps_making_progress_is_never_killed() -> None:
+    """Progress, not age, is what counts: a cycle that beats every 0.2 s for 3 s outlives a
+    1 s stall limit and reports."""
+    cycles = CycleProcess(stop=threading.Event(), state=None, stall=1.0)
+
+    def work(_stop: threading.Event) -> CycleReport:
+        for _ in range(15):
+            time.sleep(0.2)
+            liveness.beat()
+        return REPORT
+
+    assert cycles.run(work) == REPORT
+
+
+def test_a_child_that_ignores_a_stop_is_killed_after_its_grace() -> None:
+    """After a stop request the child has --timeout plus the grace; one that goes on (a
+    stopped or hung child) is then killed, so the caller returns in bounded time."""
+    stop = threading.Event()
+    cycles = CycleProcess(stop=stop, state=None, timeout=1.0)
+
+    def work(_stop: threading.Event) -> CycleReport:
+        while True:  # ignores its stop event, and keeps beating: only the grace can end it
+            time.sleep(0.1)
+            liveness.beat()
+
+    threading.Timer(0.3, stop.set).start()
+    began = time.monotonic()
+    with pytest.raises(CycleProcessError, match=r"had not stopped 4s after the stop request"):
+        cycles.run(work)
+    assert time.monotonic() - began < 1.0 + isolation.STOP_GRACE + 3
+    assert gone(cycles.last_pid)
 
 
 def test_a_line_said_once_by_a_child_is_not_said_again(state_dir: Path) -> None:
@@ -322,4 +375,82 @@ def test_an_outage_in_the_child_is_retried_by_the_agent(
     assert "401" in outage["error"] or "token" in outage["error"]
     assert "cycle_error" not in {r.get("event") for r in agent.records()}
     assert api_server.posted_ids() == [1]
+    assert agent.stop(timeout=10)[0] == 0
+
+
+# -- a stopped or hung child (issue 18, finding 7) --------------------------------------------
+
+
+def test_a_stopped_child_does_not_hold_up_the_stop(
+    start: Callable[..., Agent],
+    api_server: ApiServer,
+    state_dir: Path,
+    tls_target: Any,
+    silent: tls_servers.TcpServer,
+) -> None:
+    """SIGSTOP to the cycle's process, then one SIGTERM to the agent: the agent kills the
+    child after its grace, reaps it and exits 0 within --timeout plus a few seconds; the
+    result the child had stored stays in the outbox and a later check-once delivers it."""
+    timeout = 3.0
+    api_server.domains = domain_entries({1: tls_target.port, 2: silent.port})
+    api_server.fail("certificate", UNAUTHORIZED)  # result 1 stays stored, undelivered
+    agent = start(api_server, state_dir, "--timeout", str(timeout), "--interval", "1h")
+    agent.wait_for(lambda: api_server.posts("certificate") and len(silent.connections) == 1)
+    child = one_child(agent)
+    os.kill(child, signal.SIGSTOP)
+    code, took = agent.stop(timeout=timeout + 20)
+    assert code == 0, agent.output()
+    assert took < timeout + 5
+    assert gone(child)
+    (error,) = agent.events("cycle_error")
+    assert f"pid {child}" in error["message"]
+    assert "had not stopped" in error["message"]
+    assert "killed it" in error["message"]
+    assert agent.events("stopped")
+
+    api_server.clear()
+    api_server.domains = []
+    done = subprocess.run(
+        [*AGENT, "check-once"], env=agent_env(api_server, state_dir, None),
+        cwd=state_dir.parent, capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert api_server.posted_ids() == [1]
+
+
+def test_a_hung_cycle_is_killed_and_the_next_cycle_starts_at_once(
+    start: Callable[..., Agent],
+    api_server: ApiServer,
+    state_dir: Path,
+    tls_target: Any,
+    silent: tls_servers.TcpServer,
+) -> None:
+    """A SIGSTOPped cycle's process (no progress) is killed after the stall limit (5 s by
+    the test hook), logged, reaped; its slot having passed, the next cycle starts at once
+    and re-sends the result the killed one had stored."""
+    api_server.domains = domain_entries({1: tls_target.port, 2: silent.port})
+    api_server.fail("certificate", UNAUTHORIZED)
+    agent = start(
+        api_server, state_dir, "--timeout", "2", "--interval", "1m", scale=20,
+        **{STALL_VAR: "5"},
+    )  # fmt: skip
+    agent.wait_for(lambda: api_server.posts("certificate") and len(silent.connections) == 1)
+    child = one_child(agent)
+    os.kill(child, signal.SIGSTOP)
+    api_server.clear()
+    agent.wait_for(lambda: agent.events("cycle_error"), timeout=30)
+    noticed = time.monotonic()
+    (error,) = agent.events("cycle_error")
+    assert f"pid {child}" in error["message"]
+    assert "showed no progress for 5s" in error["message"]
+    assert "killed it" in error["message"]
+    assert gone(child)
+    agent.wait_for(lambda: len(agent.events("cycle")) >= 2, timeout=30)
+    fetches = api_server.posts("domains")
+    assert fetches[1].at - noticed < 3  # the slot had passed: at once, not a slot later
+    assert any("re-sending 1 results" in r["message"] for r in agent.records())
+    assert 1 in api_server.posted_ids()
+    second = agent.events("cycle")[1]
+    assert second["delivered"] >= 1
+    assert second["cycle_pid"] != child
     assert agent.stop(timeout=10)[0] == 0

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.api_server import ApiServer
 from trackssl_agent.errors import StateDirError
 from trackssl_agent.lock import StateLock, parse_pid, pid_alive
+
+ROOT = Path(__file__).resolve().parent.parent
 
 HOSTILE = [
     b"99999999999999999999\n",  # OverflowError in os.kill before the fix
@@ -89,3 +92,43 @@ def test_symlink_as_lock_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateDirError, match="symbolic link"):
         StateLock(state).acquire()
     assert not target.exists()
+
+
+def _check_once(api: ApiServer, state: Path) -> subprocess.CompletedProcess[str]:
+    """``trackssl-agent check-once`` as a process of its own on ``state``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKSSL_", "_TRACKSSL"))}
+    env.update(api.env(), TRACKSSL_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "trackssl_agent", "check-once", "--log-level", "debug"],
+        env=env, cwd=state.parent, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_take_over_line_only_after_a_holder_died(api_server: ApiServer, tmp_path: Path) -> None:
+    """Two clean check-once processes in a row: the second does not claim to take over a dead
+    agent's lock (a clean exit empties the pid); after a SIGKILLed holder the next one does."""
+    state = tmp_path / "state"
+    first = _check_once(api_server, state)
+    assert first.returncode == 0, first.stderr
+    assert (state / "agent.lock").read_text() == ""  # released cleanly: no pid left
+    second = _check_once(api_server, state)
+    assert second.returncode == 0, second.stderr
+    assert "took over" not in second.stderr
+
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys,time; from pathlib import Path; from trackssl_agent.lock import StateLock;"
+            "l=StateLock(Path(sys.argv[1])); l.acquire(); print('locked', flush=True);"
+            "time.sleep(60)",
+            str(state),
+        ],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    third = _check_once(api_server, state)
+    assert third.returncode == 0, third.stderr
+    assert f"took over the lock left by pid {holder.pid}, which is gone" in third.stderr

@@ -16,7 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trackssl_agent import outbox, outbox_format
+from tests.api_server import UNAUTHORIZED, ApiServer, domain_entries
+from tests.tls_servers import free_port
+from trackssl_agent import doctor_checks, outbox, outbox_disk, outbox_format
+from trackssl_agent.doctor_values import Status
 from trackssl_agent.errors import LockError
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import JsonBytes, Outbox, Record
@@ -565,3 +568,97 @@ def test_in_memory_outbox_keeps_results_and_touches_no_disk(tmp_path: Path) -> N
     assert [r.domain_id for r in box.pending()] == [1]
     assert box.problem == "the state dir is read-only"
     assert box.directory is None
+
+
+# -- segment numbers stay ones the loader reads (issue 18, finding 6) -----------------------
+
+
+def _agent(api: ApiServer, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``trackssl-agent ARGS`` as a process of its own on the state dir ``state``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKSSL_", "_TRACKSSL"))}
+    env.update(api.env(), TRACKSSL_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "trackssl_agent", *args],
+        env=env, cwd=state.parent, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def _readable_names(box: Path) -> bool:
+    """Whether every file in ``box`` is a segment numbered within the writer's bound."""
+    return all(
+        name.startswith("seg-") and name.endswith(".json") and 12 <= len(name) - 9 <= 18
+        for name in (p.name for p in box.iterdir())
+    )
+
+
+def test_a_planted_60_digit_segment_strands_no_result(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """``seg-<60 nines>.json`` in the outbox: the results queued next are still counted by
+    ``doctor`` and re-sent by the next check-once; no name the loader skips is ever made."""
+    state = tmp_path / "state"
+    box = state / "outbox"
+    box.mkdir(parents=True, mode=0o700)
+    state.chmod(0o700)
+    (box / f"seg-{'9' * 60}.json").write_bytes(line({"version": 2}) + stored(9))
+    refused = free_port()
+    api_server.domains = domain_entries({1: refused, 2: refused, 3: refused})
+    api_server.fail("certificate", UNAUTHORIZED)
+    first = _agent(api_server, state, "check-once", "--timeout", "3")
+    assert first.returncode == 2, first.stdout + first.stderr
+    assert "queued 4" in first.stdout + first.stderr  # the planted one's record and 3 new
+    assert _readable_names(box), sorted(p.name for p in box.iterdir())
+
+    doctor = _agent(api_server, state, "doctor")
+    assert "4 results wait to be delivered" in doctor.stdout, doctor.stdout
+
+    api_server.clear()
+    api_server.domains = []
+    second = _agent(api_server, state, "check-once")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert sorted(api_server.posted_ids()) == [1, 2, 3, 9]
+    assert "queued 0" in second.stdout + second.stderr
+    assert list(box.iterdir()) == []
+
+
+def test_segments_at_the_number_limit_are_renumbered_in_order(tmp_path: Path) -> None:
+    """A segment numbered at the limit leaves no number for the next: the load renumbers
+    the segments from 1 in their order (the newest result still wins), the next segment
+    follows them, and everything reloads."""
+    top = outbox_disk.MAX_NUMBER
+    (tmp_path / "seg-000000000005.json").write_bytes(stored(1, "oldest") + stored(2))
+    (tmp_path / f"seg-{top - 1}.json").write_bytes(stored(1, "older"))
+    (tmp_path / f"seg-{top}.json").write_bytes(stored(1, "newest"))
+    box = load_quietly(tmp_path)
+    assert [p.name for p in segments(tmp_path)] == [
+        "seg-000000000001.json",
+        "seg-000000000002.json",
+        "seg-000000000003.json",
+    ]
+    box.add([record(3)])
+    assert (tmp_path / "seg-000000000004.json").exists()
+    again = {r.domain_id: r.payload["domain"]["tag"] for r in load_quietly(tmp_path).pending()}
+    assert again == {1: "newest", 2: "a", 3: "a"}
+
+
+def test_a_segment_past_60_digits_is_read_again(tmp_path: Path) -> None:
+    """A 61-digit segment (what an earlier version made after a 60-digit one) is read, not
+    stranded, and renumbered into range."""
+    (tmp_path / f"seg-1{'0' * 60}.json").write_bytes(stored(7))
+    box = load_quietly(tmp_path)
+    assert [r.domain_id for r in box.pending()] == [7]
+    assert [p.name for p in segments(tmp_path)] == ["seg-000000000001.json"]
+
+
+def test_doctor_names_files_no_cycle_reads(tmp_path: Path) -> None:
+    """doctor counts what is on disk: a segment set aside as ``*.corrupt`` is named, with a
+    warning, even when no result waits."""
+    state = tmp_path / "state"
+    (state / "outbox").mkdir(parents=True, mode=0o700)
+    state.chmod(0o700)
+    (state / "outbox" / "seg-000000000001.json.corrupt").write_bytes(b"damaged")
+    with open_folder(state) as folder:
+        check = doctor_checks._outbox(folder)
+    assert check.status is Status.WARN
+    assert "1 other file(s) that no cycle reads (seg-000000000001.json.corrupt)" in check.detail
+    assert "delete them" in check.fix

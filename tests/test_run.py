@@ -75,10 +75,11 @@ class Agent:
         return code, time.monotonic() - began
 
 
-def agent_env(api: ApiServer, state: Path, scale: float | None) -> dict[str, str]:
-    """The process environment minus any TRACKSSL_ setting, plus the fake API's tokens."""
+def agent_env(api: ApiServer, state: Path, scale: float | None, **extra: str) -> dict[str, str]:
+    """The process environment minus any TRACKSSL_ setting, plus the fake API's tokens
+    (and ``extra`` variables, such as a test hook)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKSSL_", "_TRACKSSL"))}
-    env.update(api.env(), TRACKSSL_STATE_DIR=str(state))
+    env.update(api.env(), TRACKSSL_STATE_DIR=str(state), **extra)
     if scale is not None:
         env[TIME_SCALE_VAR] = str(scale)
     return env
@@ -89,7 +90,9 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     """Start ``run`` processes with a JSON log file; kills any left at the end."""
     agents: list[Agent] = []
 
-    def launch(api: ApiServer, state: Path, *args: str, scale: float | None = None) -> Agent:
+    def launch(
+        api: ApiServer, state: Path, *args: str, scale: float | None = None, **extra: str
+    ) -> Agent:
         index = len(agents)
         log = tmp_path / f"agent{index}.jsonl"
         stderr = tmp_path / f"agent{index}.stderr"
@@ -97,7 +100,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
         with stderr.open("wb") as err:
             proc = subprocess.Popen(
                 command,
-                env=agent_env(api, state, scale),
+                env=agent_env(api, state, scale, **extra),
                 cwd=tmp_path,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -32,7 +32,7 @@ from trackssl_agent.config_file import (
 from trackssl_agent.config_file import (
     read_text as read_file_text,
 )
-from trackssl_agent.errors import ConfigError
+from trackssl_agent.errors import ConfigError, LogFileError
 from trackssl_agent.secret import Secret
 from trackssl_agent.settings import (
     AGENT_TOKEN,
@@ -375,6 +375,8 @@ def start_logging(config: Config) -> None:
         logger = log.setup_logging(
             level=config.log_level, file=config.log_file, fmt=config.log_format
         )
+    except LogFileError as exc:
+        raise ConfigError(f"{_where(_value(config.settings, LOG_FILE))}: {exc}") from None
     except OSError as exc:
         where = _where(_value(config.settings, LOG_FILE))
         raise ConfigError(

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from trackssl_agent import api_schema, log, report
+from trackssl_agent import api_schema, liveness, log, report
 from trackssl_agent.api import ApiClient, AuthError
 from trackssl_agent.api_schema import Domain
 from trackssl_agent.cycle_report import CycleReport
@@ -126,6 +126,7 @@ def _cycle(
 ) -> CycleReport:
     started = clock()
     domains, skipped = client.fetch_domains()
+    liveness.beat()
     for warning in skipped.lines():
         logger.warning("%s", warning)
     logger.info("the domain list names %d domains", len(domains))
@@ -143,6 +144,7 @@ def _cycle(
     try:
         for batch in _batches(probes):
             _consume(batch, domains, outbox, delivery, tally)
+            liveness.beat()
             if delivery is not None:
                 delivery.wait_for_room()  # the probes wait too once their queue is full
             if progress:

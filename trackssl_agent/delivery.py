@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from trackssl_agent import log
+from trackssl_agent import liveness, log
 from trackssl_agent.api import ApiClient, AuthError, RejectedError
 from trackssl_agent.errors import ApiError
 from trackssl_agent.outbox import Outbox, Record
@@ -227,6 +227,7 @@ class Delivery:
                 with self._cond:
                     self.delivered += 1
             finally:
+                liveness.beat()  # answered or given up: either way the cycle moved on
                 with self._cond:
                     self._in_flight.discard(record.domain_id)
                     self._backlog_left.discard(id(record))

@@ -25,10 +25,12 @@ from trackssl_agent.cycle_state import OUTBOX_NAME
 from trackssl_agent.doctor_values import Check, Status
 from trackssl_agent.errors import ConfigError, StateDirError
 from trackssl_agent.lock import LOCK_NAME, parse_pid
+from trackssl_agent.log import printable
 from trackssl_agent.outbox import count_waiting
 from trackssl_agent.secret import Secret
 from trackssl_agent.settings import AGENT_TOKEN, AUTH_TOKEN
-from trackssl_agent.statedir import Folder, current_user, explain, open_folder
+from trackssl_agent.statedir import Folder, explain, open_folder
+from trackssl_agent.users import current_user
 
 if sys.platform != "win32":
     import fcntl
@@ -203,15 +205,23 @@ def _lock(folder: Folder) -> Check:
 
 
 def _outbox(folder: Folder) -> Check:
-    """How many results wait in the outbox, read without changing a byte."""
+    """How many results wait in the outbox, read without changing a byte; files there that
+    no cycle reads are named too, so nothing on disk goes unmentioned."""
     if not folder.exists(OUTBOX_NAME):
         return Check("outbox", Status.OK, "empty (not made yet)")
     with folder.child(OUTBOX_NAME) as box:
-        waiting, segments = count_waiting(box)
-    if not waiting:
-        return Check("outbox", Status.OK, "empty: every result was delivered")
-    return Check(
-        "outbox", Status.WARN,
-        f"{waiting} results wait to be delivered ({segments} segment files)",
-        "the next cycle sends them first; if they stay, look at the api and auth lines",
-    )  # fmt: skip
+        found = count_waiting(box)
+    if found.results:
+        detail = f"{found.results} results wait to be delivered ({found.segments} segment files)"
+        fix = "the next cycle sends them first; if they stay, look at the api and auth lines"
+    else:
+        detail, fix = "empty: every result was delivered", ""
+    if found.others:
+        more = f" and {len(found.others) - 1} more" if len(found.others) > 1 else ""
+        detail += (
+            f"; {len(found.others)} other file(s) that no cycle reads "
+            f"({printable(found.others[0])}{more})"
+        )
+        look = "look at the other files (segments set aside, or put there), then delete them"
+        fix = f"{fix}; {look}" if fix else look
+    return Check("outbox", Status.WARN if fix else Status.OK, detail, fix)

@@ -53,3 +53,7 @@ class ResponseError(ApiError):
 
 class StateDirError(ConfigError):
     """The state dir is not safe: another user could plant files there for the agent."""
+
+
+class LogFileError(ConfigError):
+    """The log file is something another user could have planted: a link, their file."""

@@ -13,6 +13,15 @@ description (the child never unlocks it), the log handlers write to the same fil
 handles the stop signals itself (a fresh ``stopping_on_signals``; the agent's watcher thread
 does not exist there), hands its CycleReport back as JSON on a pipe and always leaves by
 ``os._exit``: nothing of the agent's stack (its ``finally`` blocks) ever runs in it.
+
+Whatever the child does (stopped by SIGSTOP, deadlocked, stuck in a system call), the agent
+stays in charge. After a stop request the child gets ``--timeout`` plus ``STOP_GRACE``
+seconds to end its probes and report; then it is killed (SIGKILL) and reaped, so ``run``
+exits within ``--timeout`` plus a few seconds. While it runs, the child bumps a counter in
+memory shared with the agent at every step of progress (``liveness``); a child whose
+counter stands still for ``stall_limit`` seconds is killed as hung and the cycle logged as
+failed, and the next cycle starts on schedule. Nothing is lost by a kill: a result enters
+the outbox before its post is attempted, and the next cycle re-sends what is there.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import mmap
 import os
 import select
 import signal
@@ -30,7 +40,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import NoReturn
 
-from trackssl_agent import log
+from trackssl_agent import liveness, log
 from trackssl_agent.cycle_report import CycleReport
 from trackssl_agent.cycle_state import StateDir
 from trackssl_agent.errors import ApiError
@@ -45,7 +55,15 @@ POLL = 0.1
 """Seconds between the agent's looks at its stop event while a child runs: a stop signal
 only the agent got reaches the child this soon, well within ``signals.SECOND_AFTER``."""
 REAP_WAIT = 2.0
-"""Longest wait for a child killed on the way out to be reaped."""
+"""Longest wait for a killed child to be reaped."""
+STOP_GRACE = 3.0
+"""Seconds beyond ``--timeout`` a child gets to stop after a stop request: its probes end by
+their deadline, then it stores what is left and reports; past that it is killed."""
+STALL_BASE = 300.0
+"""With twice ``--timeout``, how long a child may show no progress before it is killed as
+hung (``stall_limit``). The longest quiet stretch a healthy cycle has is one API call with
+all its retries (at most 110 s, ``ApiSettings.budget``) after a pause the API asked for with
+``Retry-After`` (at most 120 s), or one probe (``--timeout``): 5 minutes stays clear of both."""
 _NO_REPORT = 70  # the child's exit status when it could not even write its report
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -57,19 +75,58 @@ class CycleProcessError(RuntimeError):
     """A cycle run in a child process failed, or the child ended without a report."""
 
 
+def stall_limit(timeout: float) -> float:
+    """Seconds without progress after which a cycle's child is killed as hung."""
+    return STALL_BASE + 2 * timeout
+
+
+class _Beats:
+    """A counter in memory shared with the child (an anonymous shared mapping survives the
+    fork): the child bumps it, the agent watches it move. Threads of the child may race on
+    it; a lost increment still changes the value, which is all the agent looks at."""
+
+    def __init__(self) -> None:
+        self.memory = mmap.mmap(-1, 8)
+
+    def bump(self) -> None:
+        """In the child: one more step of progress."""
+        value = int.from_bytes(self.memory[:8], "little")
+        self.memory[:8] = ((value + 1) % (1 << 64)).to_bytes(8, "little")
+
+    def count(self) -> int:
+        """In the agent: the counter now."""
+        return int.from_bytes(self.memory[:8], "little")
+
+    def close(self) -> None:
+        """Unmap it (the agent, once the child is gone)."""
+        self.memory.close()
+
+
 class CycleProcess:
     """Runs each cycle of ``run``: in a child process when ``isolated``, else in this one."""
 
     def __init__(
-        self, *, stop: threading.Event, state: StateDir | None, isolated: bool = ISOLATED
+        self,
+        *,
+        stop: threading.Event,
+        state: StateDir | None,
+        isolated: bool = ISOLATED,
+        timeout: float = 10.0,
+        stall: float | None = None,
     ) -> None:
         self.stop = stop
         self.state = state
         self.isolated = isolated
+        self.grace = timeout + STOP_GRACE
+        """Seconds a child gets to stop after a stop request before it is killed."""
+        self.stall = stall if stall is not None else stall_limit(timeout)
+        """Seconds a child may show no progress before it is killed as hung."""
         self.child: int | None = None
         """The pid of the child running a cycle now."""
         self.last_pid = os.getpid()
         """The pid the last cycle ran in (``cycle_pid`` in its log line)."""
+        self._unreaped: list[int] = []
+        """Killed children not reaped yet (stuck in the kernel): tried again each cycle."""
 
     def run(self, work: Work) -> CycleReport:
         """One cycle; ApiError when the domain list could not be fetched (as in-process),
@@ -77,6 +134,8 @@ class CycleProcess:
         if not self.isolated:
             self.last_pid = os.getpid()
             return work(self.stop)
+        self._unreaped = [pid for pid in self._unreaped if not _reaped_now(pid)]
+        beats = _Beats()
         reader, writer = os.pipe()
         # Until the child has its own handlers, a stop signal it got would be written to
         # the agent's wakeup socket and taken for the agent's: hold the signals back.
@@ -92,10 +151,12 @@ class CycleProcess:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             os.close(reader)
             os.close(writer)
+            beats.close()
             raise CycleProcessError(f"cannot start the cycle's process: {exc}") from exc
         if pid == 0:  # pragma: no cover - the child; its coverage is not collected
             try:
                 os.close(reader)
+                liveness.arm(beats.bump)
                 _child(work, writer, held, parent=agent, state=self.state)
             finally:
                 os._exit(_NO_REPORT)
@@ -103,34 +164,58 @@ class CycleProcess:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(writer)
         try:
-            data = self._read(reader, pid)
-            status = _reap(pid)
+            data, killed = self._read(reader, pid, beats)
+            status = _reap(pid, within=REAP_WAIT if killed else None)
+            if killed and status is None:
+                self._unreaped.append(pid)
         finally:
             self.child = None
             os.close(reader)
+            beats.close()
             # The child may have rotated the log file; what the agent freed is returned.
             log.reopen_log_files()
             gc.collect()
             release_memory()
+        if killed:
+            raise CycleProcessError(
+                f"the cycle's process (pid {pid}) {killed}: killed it; the results it had "
+                "stored stay in the outbox and are posted first next cycle"
+            )
         return self._outcome(data, status, pid)
 
-    def _read(self, reader: int, pid: int) -> bytes:
-        """The child's report, read until it exits; the agent's stop passed on once."""
+    def _read(self, reader: int, pid: int, beats: _Beats) -> tuple[bytes, str | None]:
+        """The child's report, read until it exits; the agent's stop passed on once.
+
+        The child is killed (SIGKILL) when it outlives its grace after a stop request or
+        shows no progress for ``stall`` seconds; then the second value says why."""
         chunks: list[bytes] = []
-        passed_on = False
+        stop_at: float | None = None
+        seen, quiet_since = beats.count(), time.monotonic()
         while True:
-            if self.stop.is_set() and not passed_on:
+            now = time.monotonic()
+            if self.stop.is_set() and stop_at is None:
                 # A stop signal only the agent got (``kill PID``): the child stops cleanly
                 # too. Sent to the group, the child got its own and this copy counts as
                 # the same request there.
-                passed_on = True
+                stop_at = now
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+            if (count := beats.count()) != seen:
+                seen, quiet_since = count, now
+            why = None
+            if stop_at is not None and now - stop_at >= self.grace:
+                why = f"had not stopped {self.grace:g}s after the stop request"
+            elif now - quiet_since >= self.stall:
+                why = f"showed no progress for {self.stall:g}s (stopped or hung)"
+            if why is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return b"".join(chunks), why
             ready, _, _ = select.select([reader], [], [], POLL)
             if ready:
                 chunk = os.read(reader, 1 << 16)
                 if not chunk:  # the child exited: its copy of the pipe is closed
-                    return b"".join(chunks)
+                    return b"".join(chunks), None
                 chunks.append(chunk)
 
     def _outcome(self, data: bytes, status: int | None, pid: int) -> CycleReport:
@@ -183,6 +268,15 @@ def _reap(pid: int, *, within: float | None = None) -> int | None:
         if end is not None and time.monotonic() >= end:
             return None
         time.sleep(0.01)
+
+
+def _reaped_now(pid: int) -> bool:
+    """Reap ``pid`` if it has ended; whether it is gone (reaped now or before)."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return bool(done)
 
 
 def _ended(status: int | None) -> str:

@@ -3,8 +3,9 @@
 The operating system holds the lock (``flock`` on POSIX, ``msvcrt.locking`` on Windows)
 and drops it when the process dies, however it dies, so a lock left by a dead process is
 simply taken over whatever the file holds. The file also names the holder's pid for the
-refusal message. It is opened without following a link, and only a plain file of its own
-is ever written.
+refusal message; a clean release empties it, so a pid found there on the next start means
+its holder died without releasing (the take-over line then says so). It is opened without
+following a link, and only a plain file of its own is ever written.
 """
 
 from __future__ import annotations
@@ -129,14 +130,16 @@ def _open_lock_file(folder: Folder) -> tuple[int, bool]:
     return fd, writable
 
 
-def _write_pid(fd: int) -> None:
+def _write_pid(fd: int, *, pid: int | None) -> None:
+    """Name ``pid`` in the lock file, or empty it (None)."""
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if pid is not None:
+            os.write(fd, f"{pid}\n".encode())
     except OSError as exc:
-        # The lock is held by the descriptor; the pid only makes the refusal message nicer.
-        logger.debug("could not write the pid into the lock file: %s", exc)
+        # The lock is held by the descriptor; the pid only makes the messages nicer.
+        logger.debug("could not write the lock file: %s", exc)
 
 
 class StateLock:
@@ -152,6 +155,7 @@ class StateLock:
         self._folder = folder
         """The state dir, already opened by the caller (who closes it)."""
         self._fd: int | None = None
+        self._writable = False
 
     def acquire(self) -> None:
         """Take the lock or raise LockError (exit 3) naming the process that holds it."""
@@ -172,11 +176,11 @@ class StateLock:
             if previous and previous != os.getpid() and not pid_alive(previous):
                 logger.info("took over the lock left by pid %d, which is gone", previous)
             if writable:
-                _write_pid(fd)
+                _write_pid(fd, pid=os.getpid())
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._fd, self._writable = fd, writable
 
     def release(self) -> None:
         """Drop the lock; the file stays (removing it would race with a new holder)."""
@@ -184,6 +188,10 @@ class StateLock:
             return
         fd, self._fd = self._fd, None
         try:
+            if self._writable:
+                # Still locked: no other holder can have written its pid yet. Empty, the
+                # file tells the next holder this one left cleanly (no take-over line).
+                _write_pid(fd, pid=None)
             _unlock(fd)
         finally:
             os.close(fd)

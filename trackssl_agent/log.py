@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trackssl_agent import redaction
+from trackssl_agent.log_file import LogFileHandler
 
 LOGGER_NAME = "trackssl_agent"
 REDACTED = redaction.REDACTED
@@ -118,7 +118,10 @@ def setup_logging(
     fmt: str = "text",
     stream: TextIO | None = None,
 ) -> logging.Logger:
-    """Configure the agent's logger: to ``file`` with size-based rotation, else to stderr."""
+    """Configure the agent's logger: to ``file`` with size-based rotation, else to stderr.
+
+    LogFileError when ``file`` is something another user could have planted; OSError when
+    it cannot be opened."""
     logger = logging.getLogger(LOGGER_NAME)
     for old in list(logger.handlers):
         logger.removeHandler(old)
@@ -126,9 +129,8 @@ def setup_logging(
     handler: logging.Handler
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            file, maxBytes=_MAX_BYTES, backupCount=_BACKUPS, encoding="utf-8"
-        )
+        # Never through a link someone else planted, at any open (``log_file``).
+        handler = LogFileHandler(file, max_bytes=_MAX_BYTES, backups=_BACKUPS)
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())

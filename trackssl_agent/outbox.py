@@ -47,6 +47,7 @@ __all__ = [
     "JsonBytes",
     "Outbox",
     "Record",
+    "Waiting",
     "encode",
     "parse_segment",
 ]
@@ -331,9 +332,22 @@ class Outbox:
         self._remove(old)
 
 
-def count_waiting(folder: Folder) -> tuple[int, int]:
-    """How many results wait in the outbox ``folder`` (one per domain) and in how many
-    segment files, read without changing a byte (``doctor``)."""
+@dataclass(frozen=True)
+class Waiting:
+    """What an outbox folder holds, as ``doctor`` reports it."""
+
+    results: int
+    """Results waiting, one per domain."""
+    segments: int
+    """Segment files the next load reads."""
+    others: tuple[str, ...]
+    """Names of the other entries, which no load reads (``*.corrupt`` files, files put
+    there by someone else)."""
+
+
+def count_waiting(folder: Folder) -> Waiting:
+    """What waits in the outbox ``folder``, read without changing a byte (``doctor``): the
+    same files a load reads, and the names of the rest."""
     disk = SegmentFiles(folder)
     names = disk.scan(tidy=False)
     waiting: set[int] = set()
@@ -344,4 +358,4 @@ def count_waiting(folder: Folder) -> tuple[int, int]:
             continue
         budget -= loaded.size
         waiting.update(record.domain_id for record in loaded.records)
-    return len(waiting), len(names)
+    return Waiting(len(waiting), len(names), tuple(disk.others()))

@@ -4,11 +4,18 @@ byte budget, moved aside and deleted, never following anything planted there.
 A segment is written to a temporary file, flushed, fsynced, renamed into place and the
 folder fsynced, so a crash or power loss leaves it whole or absent. What a segment's bytes
 mean is ``outbox_format``; which records are still pending is ``outbox``.
+
+Names: ``seg-<n>.json``, read back for any number of ASCII digits, in number order. The
+agent writes numbers up to ``MAX_NUMBER`` only (12 to 18 digits), so every name it makes is
+one it reads again. A segment numbered at or past ``MAX_NUMBER`` (planted, or left by a
+version that counted on) would leave no number for the next one: the load then renumbers the
+segments 1, 2, ... in their order, one rename at a time, so the order holds at every step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -21,13 +28,21 @@ from trackssl_agent.statedir import Folder
 # The outbox's own logger name, so its warnings read (and filter) as they always did.
 logger = log.get_logger("trackssl_agent.outbox")
 
-_SEGMENT = re.compile(r"seg-([0-9]{1,60})\.json")
-_TEMPORARY = re.compile(r"\.seg-[0-9]{1,60}\.json\.tmp")
+# ``[0-9]``, not ``\d``: only ASCII digits, which ``int`` and the sort agree on.
+_SEGMENT = re.compile(r"seg-([0-9]+)\.json")
+_TEMPORARY = re.compile(r"\.seg-[0-9]+\.json\.tmp")
+MAX_NUMBER = 10**18 - 1
+"""The highest segment number the agent writes: 10**18 segments is more than any agent makes
+(one a second for 30 billion years), and 18 digits stay far inside what a name may hold."""
 _NAME_TRIES = 1000
 """Segment numbers tried before a write gives up: each taken one is something left alone."""
 
 DEFERRED = Loaded()
 """``SegmentFiles.read``'s answer for a segment left for a later load."""
+
+
+def _segment_name(number: int) -> str:
+    return f"seg-{number:012d}.json"
 
 
 def _write_in(folder: Folder, name: str, data: bytes, fsync: Callable[[int], None]) -> None:
@@ -63,17 +78,62 @@ class SegmentFiles:
 
     def scan(self, *, tidy: bool = True) -> list[str]:
         """The segment names, oldest first. With ``tidy``, a temporary file of ours that
-        never reached its rename is deleted on the way; anything else is left alone."""
+        never reached its rename is deleted on the way, and segments numbered up to the
+        limit are renumbered (see the module docstring); anything else is left alone."""
         numbered: list[tuple[int, str]] = []
         for name in self.folder.names():
             if tidy and _TEMPORARY.fullmatch(name) and self._is_file(name):
                 with contextlib.suppress(OSError):
                     self.folder.unlink(name)
             elif match := _SEGMENT.fullmatch(name):
-                number = int(match.group(1))
-                numbered.append((number, name))
-                self._next_number = max(self._next_number, number + 1)
-        return [name for _number, name in sorted(numbered)]
+                numbered.append((int(match.group(1)), name))
+        numbered.sort()
+        if tidy and numbered and numbered[-1][0] >= MAX_NUMBER:
+            numbered = self._renumber(numbered)
+        if numbered:
+            self._next_number = max(self._next_number, numbered[-1][0] + 1)
+        return [name for _number, name in numbered]
+
+    def others(self) -> list[str]:
+        """Entries the loader does not read: neither a segment nor a temporary of ours
+        (segments moved aside as ``*.corrupt``, files someone put there), sorted."""
+        return sorted(
+            name
+            for name in self.folder.names()
+            if not (_SEGMENT.fullmatch(name) or _TEMPORARY.fullmatch(name))
+        )
+
+    def _renumber(self, numbered: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Rename the segments, in order, to the numbers 1, 2, ...
+
+        The segment of rank r carries a number of at least r, so each rename goes down to a
+        name no later segment holds, and the order is the same after every single rename: a
+        crash half-way leaves an outbox that loads as before. Only two spellings of one
+        number (``seg-7.json`` and ``seg-007.json``) or a ``seg-0.json`` can be in the way;
+        then the rest keep their names and the next write says the numbers ran out.
+        """
+        done: list[tuple[int, str]] = []
+        for rank, (_number, name) in enumerate(numbered, start=1):
+            target = _segment_name(rank)
+            try:
+                if target != name:
+                    if self.folder.exists(target):
+                        raise FileExistsError(errno.EEXIST, "in the way", target)
+                    self.folder.rename(name, target)
+            except OSError as exc:
+                logger.warning(
+                    "outbox segment %s could not be renumbered (%s); it and later ones keep "
+                    "their numbers", name, exc.strerror or exc,
+                )  # fmt: skip
+                return done + numbered[rank - 1 :]
+            done.append((rank, target))
+        with contextlib.suppress(OSError):
+            self.folder.fsync()
+        logger.info(
+            "renumbered the %d outbox segment(s) from 1: the highest number had reached %d",
+            len(done), MAX_NUMBER,
+        )  # fmt: skip
+        return done
 
     def _is_file(self, name: str) -> bool:
         try:
@@ -112,8 +172,16 @@ class SegmentFiles:
         data = encode(records)
         for _ in range(_NAME_TRIES):
             number = self._next_number
+            if number > MAX_NUMBER:
+                # Never a name past the limit: only a segment that could not be renumbered
+                # leads here, and the outbox then says once why it keeps results in memory.
+                raise OSError(
+                    errno.EOVERFLOW,
+                    f"its segment numbers ran out at {MAX_NUMBER}; move the seg-*.json files "
+                    "with the longest names out of it",
+                )
             self._next_number += 1
-            name = f"seg-{number:012d}.json"
+            name = _segment_name(number)
             if self.folder.exists(name):
                 continue  # something we left alone has that name
             try:

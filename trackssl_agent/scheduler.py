@@ -7,11 +7,13 @@ wall-clock step (NTP, DST, a resumed VM) would stall it or fire it early. The mo
 clock, the wall clock (for log lines only), the sleep and the randomness are passed in, so
 tests pass hours in milliseconds.
 
-Test hook: the environment variable ``_TRACKSSL_TEST_TIME_SCALE=N`` divides the loop's
+Test hooks: the environment variable ``_TRACKSSL_TEST_TIME_SCALE=N`` divides the loop's
 interval, jitter and retry delays by N, so end-to-end tests of the real process can use
-``--interval 1m`` (the minimum users get) and see cycles seconds apart. It sits outside the
-``TRACKSSL_`` namespace on purpose: it is not configuration, and ``run`` logs a warning
-whenever it is in effect.
+``--interval 1m`` (the minimum users get) and see cycles seconds apart;
+``_TRACKSSL_TEST_STALL=S`` kills a cycle's child after S seconds without progress instead of
+``isolation.stall_limit`` (5 minutes and more), so a test sees a hung cycle killed. They sit
+outside the ``TRACKSSL_`` namespace on purpose: they are not configuration, and ``run`` logs a
+warning whenever one is in effect.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ JITTER_SHARE = 0.05
 MAX_JITTER = 300.0
 SLICE = 1.0
 TIME_SCALE_VAR = "_TRACKSSL_TEST_TIME_SCALE"
+STALL_VAR = "_TRACKSSL_TEST_STALL"
 
 logger = get_logger(__name__)
 
@@ -84,6 +87,16 @@ def time_scale(environ: Mapping[str, str]) -> float:
     except ValueError:
         return 1.0
     return value if 1.0 <= value <= 3600.0 else 1.0
+
+
+def stall_override(environ: Mapping[str, str]) -> float | None:
+    """The test hook's stall limit in seconds (``_TRACKSSL_TEST_STALL``, 1 to 3600); None
+    when unset or invalid."""
+    try:
+        value = float(environ.get(STALL_VAR, ""))
+    except ValueError:
+        return None
+    return value if 1.0 <= value <= 3600.0 else None
 
 
 def format_seconds(seconds: float) -> str:
@@ -347,7 +360,10 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
     # The state dir is checked at start (exit 3 if unsafe or locked); when it cannot be
     # used, each cycle posts directly and says so.
     state = StateDir(conf.state_dir)
-    cycles = isolation.CycleProcess(stop=stop, state=state)
+    stall = stall_override(environ)
+    # A child that hangs or was stopped is killed: after --timeout plus a grace once a stop
+    # was asked for, or after the stall limit without progress (``isolation``).
+    cycles = isolation.CycleProcess(stop=stop, state=state, timeout=conf.timeout, stall=stall)
     # The stop signals are caught before the lock is taken, so a stop request during
     # start-up is a clean stop too (no KeyboardInterrupt, no death by SIGTERM). Exiting
     # at once kills a running cycle's child first.
@@ -367,6 +383,14 @@ def run_agent(conf: Config, *, family: socket.AddressFamily, environ: Mapping[st
                 TIME_SCALE_VAR,
                 scale,
                 scale,
+            )
+        if stall is not None:
+            logger.warning(
+                "%s=%g is set: a cycle without progress for %gs is killed; a test hook, not "
+                "for production",
+                STALL_VAR,
+                stall,
+                stall,
             )
         count = run_loop(
             job=lambda: cycles.run(work), timing=timing, stop=stop, describe=cycles.describe

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from trackssl_agent.errors import StateDirError
+from trackssl_agent.users import current_user, user
 
 _POSIX = os.name == "posix"
 # O_NONBLOCK: opening a FIFO planted under a file's name must not hang the agent.
@@ -28,20 +29,6 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def _user(uid: int) -> str:
-    try:
-        import pwd  # noqa: PLC0415 - POSIX only
-
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
-def current_user() -> str:
-    """The name this process runs as, for messages."""
-    return _user(os.geteuid()) if _POSIX else os.environ.get("USERNAME", "this user")
-
-
 def check_owner(st: os.stat_result, path: Path) -> None:
     """Refuse a folder another user (root aside) owns or group or others may write."""
     if not _POSIX:
@@ -49,9 +36,9 @@ def check_owner(st: os.stat_result, path: Path) -> None:
     me = os.geteuid()
     if st.st_uid not in (me, 0):
         raise StateDirError(
-            f"the state dir {path} belongs to {_user(st.st_uid)}, not to {_user(me)}: "
+            f"the state dir {path} belongs to {user(st.st_uid)}, not to {user(me)}: "
             "another user could plant files there for the agent to follow; "
-            f"chown it to {_user(me)} or set TRACKSSL_STATE_DIR to a directory of your own"
+            f"chown it to {user(me)} or set TRACKSSL_STATE_DIR to a directory of your own"
         )
     if st.st_mode & 0o022:
         mode = stat.S_IMODE(st.st_mode)
@@ -69,8 +56,8 @@ def explain(exc: OSError) -> tuple[str, str]:
     if code == errno.EROFS:
         return "the file system is read-only", f"make it writable {elsewhere}"
     if code in (errno.EACCES, errno.EPERM):
-        user = current_user()
-        return f"permission denied to {user}", f"make it writable by {user} {elsewhere}"
+        who = current_user()
+        return f"permission denied to {who}", f"make it writable by {who} {elsewhere}"
     if code in (errno.ENOTDIR, errno.EEXIST):
         return "a file that is not a directory is in the way", f"move that file away {elsewhere}"
     if code == errno.EISDIR:
@@ -228,7 +215,7 @@ def open_folder(path: Path, *, follow: bool = True) -> Folder:
             raise _link_refused(path)
         if st.st_uid not in (os.geteuid(), 0):
             raise StateDirError(
-                f"the state dir {path} is a symbolic link made by {_user(st.st_uid)}: "
+                f"the state dir {path} is a symbolic link made by {user(st.st_uid)}: "
                 "the agent follows no link another user planted; remove it or set "
                 "TRACKSSL_STATE_DIR to a directory of your own"
             )
