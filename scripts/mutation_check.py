@@ -130,7 +130,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "redaction-missing-in-json-log",
         "--log-format json prints the auth token",
         "trackssl_agent/log.py",
-        "        return redact(json.dumps(entry, default=str))",
+        "        entry = {key: redact(v) if isinstance(v, str) else v"
+        " for key, v in entry.items()}\n"
+        "        return redact_json(json.dumps(entry, default=str))",
         "        return json.dumps(entry, default=str)",
         _LOG_TESTS,
     ),
@@ -138,9 +140,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "redact-is-a-no-op",
         "redact() returns the token unchanged",
         "trackssl_agent/log.py",
-        "            text = text.replace(secret, REDACTED)",
-        "            pass",
+        "    return _redactor.redact(text)",
+        "    return text",
         _LOG_TESTS,
+    ),
+    Mutation(
+        "redaction-of-partial-runs-dropped",
+        "a snippet holding part of the token (8 or more of its characters) is printed",
+        "trackssl_agent/redaction.py",
+        "            spans = _spans(text, grams)",
+        "            spans = []",
+        ("tests/test_redaction.py",),
     ),
     # -- outbox durability -------------------------------------------------------------
     Mutation(
@@ -231,8 +241,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "allow-list-ipv4-mapped-unmapped",
         "an IPv4-mapped IPv6 address is not checked as the IPv4 address it is",
         "trackssl_agent/allow.py",
-        "            ip = ip.ipv4_mapped",
-        "            pass",
+        "        return ip.ipv4_mapped",
+        "        return ip",
         _ALLOW_TESTS,
     ),
     # -- STARTTLS reply checks ---------------------------------------------------------
