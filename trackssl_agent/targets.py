@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,10 +207,21 @@ def read_targets_file(lines: list[str], *, source: str, starttls: str) -> list[T
     return targets
 
 
+STDIN = "-"
+"""``--targets -``: the targets come from standard input (SPEC section 4a)."""
+
+
+def read_targets_bytes(path: Path) -> bytes:
+    """The bytes of ``--targets FILE``; standard input's for ``-``."""
+    if str(path) == STDIN:
+        return sys.stdin.buffer.read()
+    return path.read_bytes()
+
+
 def read_targets_path(path: Path, *, starttls: str) -> list[Target]:
     """The targets of ``--targets FILE``; UsageError when it cannot be read or names none."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_targets_bytes(path).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--targets {path}: cannot read it: {exc}") from None
     targets = read_targets_file(text.splitlines(), source=str(path), starttls=starttls)
