@@ -183,15 +183,17 @@ def _result_key(result: ProbeResult) -> tuple[int, int, int]:
 
 def render_targets(found: Sequence[ProbeResult]) -> str:
     """A targets file for ``check-once --targets``: one TARGET a line, each followed by
-    ``# subject, expires YYYY-MM-DD`` (certificate text made printable: a newline in a
-    subject must not start a line of its own)."""
+    ``# subject, expires YYYY-MM-DD`` (``expired`` for a date before the probe; certificate
+    text made printable: a newline in a subject must not start a line of its own)."""
     lines = []
     for result in found:
         leaf = output.leaf_summary(result)
         subject = leaf.subject if leaf is not None and leaf.subject else "(no subject)"
         not_after = leaf.not_after if leaf is not None else None
         expires = not_after.strftime("%Y-%m-%d") if not_after is not None else "unknown"
-        lines.append(f"{result.target.text} # {printable(subject)}, expires {expires}\n")
+        # The words of the verdict (SPEC 4a): a date before the probe is "expired".
+        verb = "expired" if not_after is not None and not_after < result.probed_at else "expires"
+        lines.append(f"{result.target.text} # {printable(subject)}, {verb} {expires}\n")
     return "".join(lines)
 
 
