@@ -128,10 +128,12 @@ def render_text(result: ProbeResult, now: datetime, verdict: Verdict | None = No
     via = f"STARTTLS {target.starttls.value}, " if target.starttls else ""
     sni = f"SNI {result.servername}" if result.servername else "no SNI"
     days = leaf.days_remaining(now)
+    # Whole days since expiry count down from the date, as the verdict's "N days ago" does.
+    ago = (now - leaf.not_after).days if leaf.not_after is not None else 0
     left = (
         "unknown"
         if days is None
-        else (f"EXPIRED {-days} days ago" if days < 0 else f"{days} days left")
+        else (f"EXPIRED {ago} days ago" if days < 0 else f"{days} days left")
     )
     first = head or [printable(f"{target.text}  OK  ({result.elapsed_ms:.0f} ms)")]
     lines = [
