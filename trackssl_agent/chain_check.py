@@ -223,44 +223,46 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def _looks_like_ip(text: str) -> bool:
+    # Cheaper than letting ipaddress raise for every host name.
+    return ":" in text or text.replace(".", "").isdigit()
+
+
 def name_problem(leaf: x509.Certificate, reference: str) -> str | None:
     """Why ``reference`` (the SNI sent, or the address probed) is not a name of ``leaf``; None
     when it is."""
-    address = _ip(reference)
+    address = _ip(reference) if _looks_like_ip(reference) else None
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = [str(n) for n in sans.get_values_for_type(x509.DNSName)]
-        ips = list(sans.get_values_for_type(x509.IPAddress))
     except x509.ExtensionNotFound:
-        dns, ips = [], []
+        sans = None
     except Exception as exc:
         return f"its subjectAltName cannot be read ({type(exc).__name__})"
+    dns: list[str] = sans.get_values_for_type(x509.DNSName) if sans is not None else []
+    if address is None and any(_dns_matches(name, reference) for name in dns):
+        return None
+    ips = sans.get_values_for_type(x509.IPAddress) if sans is not None else []
+    if address is not None and address in ips:
+        return None
+    what = "address" if address is not None else "name"
     if dns or ips:
         shown = [*dns, *(str(ip) for ip in ips)]
-        if address is not None:
-            matched = any(ip == address for ip in ips)
-        else:
-            matched = any(_dns_matches(name, reference) for name in dns)
     else:
         # No DNS or IP SAN: the common name, as clients did before SANs.
         try:
             shown = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         except Exception:
             shown = []
-        if address is not None:
-            matched = any(_ip(cn) == address for cn in shown)
-        else:
-            matched = any(_dns_matches(cn, reference) for cn in shown)
         if not shown:
-            what = "address" if address is not None else "name"
             return (
                 f"{what} {reference} cannot match: the certificate has no subjectAltName "
                 "and no common name"
             )
-    if matched:
-        return None
+        if address is not None and any(_ip(cn) == address for cn in shown):
+            return None
+        if address is None and any(_dns_matches(cn, reference) for cn in shown):
+            return None
     listed = ", ".join(shown[:_NAMES_SHOWN]) + (", ..." if len(shown) > _NAMES_SHOWN else "")
-    what = "address" if address is not None else "name"
     return f"{what} {reference} is not among the certificate's names ({listed})"
 
 
@@ -288,21 +290,27 @@ def weak_key(cert: x509.Certificate) -> str | None:
     return None
 
 
+_RSASSA_PSS = "1.2.840.113549.1.1.10"
+"""PSS names its hash in parameters: only for it is the hash read from the certificate."""
+
+
 def weak_signature(cert: x509.Certificate) -> str | None:
     """Why ``cert``'s signature is weak (MD5, SHA-1 or older) unless it is self-signed, whose
     signature nobody relies on; else None."""
+    oid = cert.signature_algorithm_oid.dotted_string
+    weak: str | None = _WEAK_OIDS.get(oid)
+    if weak is None and oid == _RSASSA_PSS:
+        try:
+            algorithm = cert.signature_hash_algorithm
+        except (UnsupportedAlgorithm, ValueError):
+            algorithm = None
+        if isinstance(algorithm, _WEAK_HASHES):
+            weak = "SHA-1" if isinstance(algorithm, hashes.SHA1) else "MD5"
+    if weak is None:
+        return None
     try:
         if cert.issuer == cert.subject:
             return None
     except Exception:
-        return None
-    try:
-        algorithm = cert.signature_hash_algorithm
-        weak = isinstance(algorithm, _WEAK_HASHES) and algorithm.name.upper().replace(
-            "SHA1", "SHA-1"
-        )
-    except (UnsupportedAlgorithm, ValueError):
-        weak = _WEAK_OIDS.get(cert.signature_algorithm_oid.dotted_string, False)
-    if not weak:
         return None
     return f"{subject_text(cert)} is signed with {weak}"

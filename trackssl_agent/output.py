@@ -96,9 +96,20 @@ def render_pem(result: ProbeResult) -> str:
     return "".join(certificates.to_pem(der) for der in result.chain)
 
 
-def _chain_line(der: bytes) -> str:
-    cert = certificates.summarize(der)
-    return printable(f"{cert.subject or '?'}  (issued by {cert.issuer or '?'})")
+_CHAIN_LINES: dict[bytes, str] = {}
+"""Each presented certificate's chain line, made once: intermediates repeat across targets,
+and a summary is most of a target's rendering time. Bounded, then forgotten at once."""
+
+
+def _chain_line(der: bytes, cert: CertSummary | None = None) -> str:
+    line = _CHAIN_LINES.get(der)
+    if line is None:
+        cert = cert or certificates.summarize(der)
+        line = printable(f"{cert.subject or '?'}  (issued by {cert.issuer or '?'})")
+        if len(_CHAIN_LINES) >= 4096:
+            _CHAIN_LINES.clear()
+        _CHAIN_LINES[der] = line
+    return line
 
 
 def problems_line(verdict: Verdict) -> str:
@@ -152,7 +163,8 @@ def render_text(result: ProbeResult, now: datetime, verdict: Verdict | None = No
     ]
     for index, der in enumerate(result.chain, start=1):
         label = "chain" if index == 1 else ""
-        lines.append(f"  {label:<10}  {index}. {_chain_line(der)}")
+        summary = leaf if index == 1 else None  # the leaf is summarized already
+        lines.append(f"  {label:<10}  {index}. {_chain_line(der, summary)}")
     warning = warning_text(result, leaf)
     if warning:
         lines.append(f"  warning     {printable(warning)}")

@@ -150,14 +150,14 @@ def validity_problems(
             )
         ]  # fmt: skip
     left = (not_after - at).total_seconds()
+    if left >= max(policy.crit_days, policy.warn_days) * _DAY:
+        return []
     days = int(left // _DAY)
     soon = "within a day" if days == 0 else f"in {_plural(days)}"
     message = f"expires {soon}, {_date(not_after)}"
     if left < policy.crit_days * _DAY:
         return [Problem(Kind.EXPIRES_SOON, Severity.CRITICAL, message)]
-    if left < policy.warn_days * _DAY:
-        return [Problem(Kind.EXPIRES_SOON, Severity.WARNING, message)]
-    return []
+    return [Problem(Kind.EXPIRES_SOON, Severity.WARNING, message)]
 
 
 class Judge:
@@ -168,7 +168,11 @@ class Judge:
         self.policy = policy
         self._anchors = anchors
         self._context: chain_check.TrustContext | None = None
-        self._parsed: dict[bytes, x509.Certificate | None] = {}
+        # Certificates repeat across targets (intermediates always, a leaf served on many
+        # endpoints often): each is parsed and checked for weak crypto once, and each chain's
+        # path verified once while every certificate in it stays valid.
+        self._parsed: dict[bytes, _Parsed] = {}
+        self._trusted: dict[tuple[bytes, ...], tuple[datetime, datetime, chain_check.Trust]] = {}
 
     @property
     def anchors(self) -> Anchors:
@@ -184,19 +188,14 @@ class Judge:
             self._context = chain_check.TrustContext(self._anchors())
         return self._context
 
-    def _parse(self, der: bytes) -> x509.Certificate | None:
-        # Intermediates repeat across targets: parse each once (bounded: a hostile list of
-        # distinct chains must not grow this without end).
-        if der in self._parsed:
-            return self._parsed[der]
-        try:
-            cert: x509.Certificate | None = x509.load_der_x509_certificate(der)
-        except Exception:
-            cert = None
-        if len(self._parsed) >= 4096:
-            self._parsed.clear()
-        self._parsed[der] = cert
-        return cert
+    def _parse(self, der: bytes) -> _Parsed:
+        found = self._parsed.get(der)
+        if found is None:
+            found = _Parsed.of(der)
+            if len(self._parsed) >= _CACHED:
+                self._parsed.clear()  # bounded: distinct chains must not grow this without end
+            self._parsed[der] = found
+        return found
 
     def __call__(self, result: ProbeResult) -> Verdict:
         """The verdict on ``result``."""
@@ -206,9 +205,9 @@ class Judge:
             return Verdict(Status.CRITICAL, (problem,), chain_verified=False, days_left=None)
         problems: list[Problem] = []
         concern = Severity.WARNING if self.policy.verify else Severity.NOTE
-        certs = [self._parse(der) for der in result.chain]
-        leaf = certs[0]
-        presented = [c for c in certs[1:] if c is not None]
+        parsed = [self._parse(der) for der in result.chain]
+        leaf = parsed[0].cert
+        presented = [p.cert for p in parsed[1:] if p.cert is not None]
         days_left: int | None = None
         verified = False
         if leaf is None:
@@ -238,7 +237,7 @@ class Judge:
                 # Trust is judged at a moment the leaf is valid: an expired leaf is "expired",
                 # not also "untrusted" for the same reason.
                 at = min(max(at, not_before), not_after)
-            trust = self._trust(leaf, presented, at)
+            trust = self._trust(result.chain, leaf, presented, at)
             verified = trust.verified
             if not trust.verified:
                 problems.append(Problem(Kind.UNTRUSTED, concern, trust.why or "untrusted"))
@@ -249,35 +248,73 @@ class Judge:
                 mismatch = f"the name cannot be checked ({type(exc).__name__})"
             if mismatch:
                 problems.append(Problem(Kind.NAME_MISMATCH, concern, mismatch))
-        problems += self._weak(c for c in certs if c is not None)
+        problems += [Problem(kind, concern, text) for p in parsed for kind, text in p.weak]
         problems.sort(key=lambda p: (_RANK[p.severity], _ORDER[p.kind]))
         return Verdict(status_of(problems), tuple(problems), verified, days_left)
 
     def _trust(
-        self, leaf: x509.Certificate, presented: Sequence[x509.Certificate], at: datetime
+        self,
+        chain: tuple[bytes, ...],
+        leaf: x509.Certificate,
+        presented: Sequence[x509.Certificate],
+        at: datetime,
     ) -> chain_check.Trust:
+        cached = self._trusted.get(chain)
+        if cached is not None and cached[0] <= at <= cached[1]:
+            return cached[2]
         try:
-            return chain_check.check_trust(leaf, presented, self._trust_context(), at)
+            trust = chain_check.check_trust(leaf, presented, self._trust_context(), at)
         except Exception as exc:  # a certificate the verifier chokes on: judged, not a crash
-            return chain_check.Trust(
-                False, f"the chain cannot be verified ({type(exc).__name__}: {exc})"
-            )
+            why = f"the chain cannot be verified ({type(exc).__name__}: {exc})"
+            return chain_check.Trust(False, why)
+        window = _valid_together([leaf, *presented])
+        if window is not None:
+            if len(self._trusted) >= _CACHED:
+                self._trusted.clear()
+            self._trusted[chain] = (*window, trust)
+        return trust
 
-    def _weak(self, certs: Iterable[x509.Certificate]) -> list[Problem]:
-        concern = Severity.WARNING if self.policy.verify else Severity.NOTE
-        found: list[Problem] = []
-        for cert in certs:
-            for kind, check in (
-                (Kind.WEAK_KEY, chain_check.weak_key),
-                (Kind.WEAK_SIGNATURE, chain_check.weak_signature),
-            ):
-                try:
-                    message = check(cert)
-                except Exception:
-                    message = None
-                if message:
-                    found.append(Problem(kind, concern, message))
-        return found
+
+_CACHED = 4096
+"""Certificates and chains remembered at most, each; then forgotten all at once."""
+
+
+def _valid_together(certs: Sequence[x509.Certificate]) -> tuple[datetime, datetime] | None:
+    """When every certificate of ``certs`` is valid: within it a path's verification gives
+    the same answer (the anchors' own validity aside, which changes on a scale of years)."""
+    try:
+        start = max(c.not_valid_before_utc for c in certs)
+        end = min(c.not_valid_after_utc for c in certs)
+    except Exception:
+        return None
+    return (start, end) if start <= end else None
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """One presented certificate, parsed (None when it cannot be), and its weak crypto."""
+
+    cert: x509.Certificate | None
+    weak: tuple[tuple[Kind, str], ...]
+
+    @classmethod
+    def of(cls, der: bytes) -> _Parsed:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except Exception:
+            return cls(None, ())
+        found: list[tuple[Kind, str]] = []
+        for kind, check in (
+            (Kind.WEAK_KEY, chain_check.weak_key),
+            (Kind.WEAK_SIGNATURE, chain_check.weak_signature),
+        ):
+            try:
+                message = check(cert)
+            except Exception:  # an odd certificate is not judged weak, and stops nothing
+                message = None
+            if message:
+                found.append((kind, message))
+        return cls(cert, tuple(found))
 
 
 @dataclass(frozen=True)
