@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import click
 
@@ -45,6 +45,16 @@ def render_results(results: Sequence[ProbeResult], *, fmt: str, now: datetime) -
     emit(format_results(results, fmt=fmt, now=now), None)
 
 
+class Progress(Protocol):
+    """A progress display: told after each result, ended before the output."""
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        """After each result."""
+
+    def end(self) -> None:
+        """Before the output: finish the display."""
+
+
 def judged_run(
     targets: Sequence[Target],
     probe_settings: ProbeSettings,
@@ -55,7 +65,7 @@ def judged_run(
     fmt: str,
     output_path: Path | None,
     pem: bool = False,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """``probe`` and local mode: probe, judge (SPEC section 4a) and render; the exit code.
 
@@ -79,13 +89,16 @@ def judged_run(
         targets, probe_settings, concurrency=concurrency, judge=judge,
         on_ready=show if stream else None, progress=progress,
     )  # fmt: skip
-    if progress is not None and hasattr(progress, "end"):
+    if progress is not None:
         progress.end()
     note = judge.store_note()
     if note:
         click.echo(f"trackssl-agent: note: {note}", err=True)
     if stream:
         click.echo(judged_output.summary_text(outcome), nl=False)
+    elif outcome.interrupted and not pem and fmt != "text":
+        # Stdout holds a document (JSON, OpenMetrics, Nagios): the summary goes beside it.
+        click.echo(outcome.tally().line(), err=True)
     elif pem:
         emit(_pem_text([j.result for j in outcome.judged]), output_path)
     else:
