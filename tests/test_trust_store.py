@@ -19,6 +19,7 @@ from cryptography.x509.verification import (
 from tests import tls_servers
 from tests.certs import der, make_cert, make_chain, new_key, pem
 from tests.cli_helpers import run_cli
+from tests.der import invalid_utf8_subject
 from trackssl_agent import chain_check, trust_store
 from trackssl_agent.results import ProbeResult
 from trackssl_agent.targets import parse_target
@@ -188,3 +189,19 @@ def test_an_anchor_may_be_the_leaf_itself(tmp_path: Path) -> None:
     verdict = judge(_result((der(leaf),)))
     assert verdict.chain_verified
     assert verdict.problems == ()
+
+
+def test_odd_certificates_are_judged_without_a_crash(tmp_path: Path) -> None:
+    """Bytes that are no certificate, and a leaf whose subject is invalid UTF-8 (its issuer's
+    signature broken with it), get a verdict: never an exception, the expiry kept when it
+    can be read."""
+    chain = make_chain(tmp_path, name="odd")
+    undecodable = invalid_utf8_subject(chain.ders[0])
+    judge = Judge(Policy(30, 7), LazyAnchors(read_os_store=lambda: ([], [])))
+    garbage = judge(_result((b"\x30\x03\x02\x01\x00", chain.ders[1])))
+    odd = judge(_result((undecodable, chain.ders[1])))
+    assert garbage.status.value == "WARNING"
+    assert [p.kind.value for p in garbage.problems] == ["expires_soon", "untrusted"]
+    assert odd.status.value == "OK"
+    assert "untrusted" in {p.kind.value for p in odd.problems}
+    assert odd.days_left is not None
