@@ -154,6 +154,7 @@ def main() -> int:
         "--chains", choices=("distinct", "shared"), default="distinct",
         help="a certificate per endpoint (the default), or one for all",
     )  # fmt: skip
+    parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args()
     from tests.certs import make_chain  # noqa: PLC0415 - only once the path is set
 
@@ -180,6 +181,7 @@ def main() -> int:
         farm.start()
         try:
             common = ["check-once", "--targets", str(targets), "--concurrency", "64"]
+            common += ["--format", args.format]
             judged_args = [*common, "--ca-file", str(ca_file)]
             runs: dict[str, list[tuple[float, float, int]]] = {"baseline": [], "judged": []}
             for rep in range(args.reps + 1):  # the first pair warms caches, untimed
@@ -195,7 +197,10 @@ def main() -> int:
     walls = {label: statistics.median(r[0] for r in runs[label]) for label in runs}
     cpus = {label: statistics.median(r[1] for r in runs[label]) for label in runs}
     ratio = walls["judged"] / walls["baseline"]
-    print(f"baseline {rev}: {args.targets} targets, {args.chains} chains, median of {args.reps}")
+    print(
+        f"baseline {rev}: {args.targets} targets, {args.chains} chains, --format {args.format}, "
+        f"median of {args.reps}"
+    )
     for label in runs:
         print(
             f"  {label:<9} wall {walls[label]:.2f} s  cpu {cpus[label]:.2f} s "

@@ -4,12 +4,14 @@ can be read. Also RFC 6125 name matching, compared with ``cryptography``'s verif
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import DNSName, IPAddress
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import (
     PolicyBuilder,
     Store,
@@ -17,7 +19,7 @@ from cryptography.x509.verification import (
 )
 
 from tests import tls_servers
-from tests.certs import der, make_cert, make_chain, new_key, pem
+from tests.certs import PrivateKey, der, make_cert, make_chain, new_key, pem
 from tests.cli_helpers import run_cli
 from tests.der import invalid_utf8_subject
 from trackssl_agent import chain_check, trust_store
@@ -205,3 +207,59 @@ def test_odd_certificates_are_judged_without_a_crash(tmp_path: Path) -> None:
     assert odd.status.value == "OK"
     assert "untrusted" in {p.kind.value for p in odd.problems}
     assert odd.days_left is not None
+
+
+SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+
+
+def _purpose_chain(
+    inter_eku: list[x509.ObjectIdentifier] | None, leaf_eku: list[x509.ObjectIdentifier]
+) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
+    """Root, intermediate and leaf with the extendedKeyUsage given (None: none)."""
+    now = datetime.now(UTC)
+
+    def build(cn: str, key: PrivateKey, issuer: str, signer: PrivateKey, *, ca: bool,
+              eku: list[x509.ObjectIdentifier] | None) -> x509.Certificate:  # fmt: skip
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=90))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )  # fmt: skip
+        if eku is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    root_key, inter_key, leaf_key = new_key("ec"), new_key("ec"), new_key("ec")
+    root = build("Purpose Root", root_key, "Purpose Root", root_key, ca=True, eku=None)
+    inter = build("Purpose CA", inter_key, "Purpose Root", root_key, ca=True, eku=inter_eku)
+    leaf = build("leaf", leaf_key, "Purpose CA", inter_key, ca=False, eku=leaf_eku)
+    return root, inter, leaf
+
+
+@pytest.mark.parametrize(
+    ("inter_eku", "leaf_eku", "verified"),
+    [
+        (None, [SERVER], True),
+        ([SERVER], [SERVER], True),  # most public intermediates restrict themselves so
+        ([SERVER, CLIENT], [SERVER, CLIENT], True),
+        ([CLIENT], [SERVER], False),
+        (None, [CLIENT], False),
+    ],
+)
+def test_the_path_is_judged_for_a_tls_server(
+    inter_eku: list[x509.ObjectIdentifier] | None,
+    leaf_eku: list[x509.ObjectIdentifier],
+    verified: bool,
+) -> None:
+    """extendedKeyUsage is checked for server authentication, in the CAs as in the leaf
+    (the path is built by cryptography's client verifier, whose own purpose is the client's)."""
+    root, inter, leaf = _purpose_chain(inter_eku, leaf_eku)
+    context = chain_check.TrustContext(trust_store.Anchors((root,), ()))
+    trust = chain_check.check_trust(leaf, [inter], context, datetime.now(UTC))
+    assert trust.verified is verified
+    if not verified:
+        assert trust.why is not None
+        assert trust.why.endswith("extendedKeyUsage does not allow TLS server authentication")

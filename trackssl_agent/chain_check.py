@@ -82,10 +82,14 @@ def _policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
     """The CA and leaf extension policies: the Web PKI's, with what private CAs leave out
     made optional (see the module docstring)."""
     agnostic = Criticality.AGNOSTIC
+    # The path is built by the client verifier (it checks no name: names are judged apart,
+    # the common name included), so its purpose, client authentication, is replaced by the
+    # server's wherever an extendedKeyUsage is present, in the CAs as in the leaf.
     ca = (
         ExtensionPolicy.webpki_defaults_ca()
         .may_be_present(x509.AuthorityKeyIdentifier, agnostic, None)
         .may_be_present(x509.KeyUsage, agnostic, _ku_for_ca)
+        .may_be_present(x509.ExtendedKeyUsage, agnostic, _eku_for_server)
     )
     leaf = (
         ExtensionPolicy.webpki_defaults_ee()
@@ -146,6 +150,7 @@ def _clean(reason: str) -> str:
     """The verifier's reason without its prefixes, Rust debug output or object reprs."""
     text = re.sub(r"\s*\(encountered processing <Certificate\(.*$", "", reason, flags=re.DOTALL)
     text = re.sub(r"^(validation failed: |candidates exhausted: )+", "", text)
+    text = re.sub(r"Python extension validator failed: \w+: ", "", text)
     text = re.sub(
         r"Forbidden (signature|public key) algorithm: .*", r"forbidden \1 algorithm", text
     )
