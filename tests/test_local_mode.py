@@ -201,6 +201,33 @@ def test_ctrl_c_prints_what_finished_and_the_summary(store: Path, world: World, 
     assert b"Traceback" not in err
 
 
+def test_ctrl_c_with_json_keeps_the_document_whole(store: Path, world: World, env: Path) -> None:
+    """Ctrl-C with --json: stdout is still one JSON array (of what finished), the summary
+    line goes to stderr, exit 130."""
+    silent = tls_servers.silent_server()
+    try:
+        targets = env / "targets.txt"
+        targets.write_text(f"{endpoint(world, 'good')}\n{silent.endpoint}\n")
+        proc = _agent(
+            "check-once", "--targets", str(targets), "--json", "--timeout", "60",
+            bundle=store, cwd=env,
+        )  # fmt: skip
+        # Probing has begun once the silent target holds a connection.
+        waited = threading.Event()
+        while not silent.connections and not waited.wait(0.05):
+            assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        silent.close()
+    document = json.loads(out)
+    assert proc.returncode == 130, err
+    assert {d["target"] for d in document} <= {endpoint(world, "good")}
+    summary = err.decode().splitlines()[-1]
+    assert summary.startswith("summary: 2 targets, ")
+    assert "not probed (interrupted)" in summary
+
+
 def test_targets_from_stdin(store: Path, world: World, env: Path) -> None:
     """``--targets -`` reads the targets from standard input."""
     proc = _agent("check-once", "--targets", "-", "--json", bundle=store, cwd=env)

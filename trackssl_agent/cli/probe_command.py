@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
@@ -79,15 +79,21 @@ def judged_run(
     judge = Judge(policy, LazyAnchors(extra, extra_source=str(ca_file) if ca_file else None))
     stream = fmt == "text" and output_path is None and not pem
     shown = [0]
+    objects: list[dict[str, Any]] = []
 
     def show(judged: Judged) -> None:
         now = datetime.now(UTC)
         click.echo(judged_output.text_block(judged, now, first=shown[0] == 0), nl=False)
         shown[0] += 1
 
+    def keep(judged: Judged) -> None:
+        # Made while the other targets are probed, not all at the end.
+        objects.append(output.result_json(judged.result, datetime.now(UTC), judged.verdict))
+
+    on_ready = show if stream else keep if fmt == "json" and not pem else None
     outcome = local_mode.judge_all(
         targets, probe_settings, concurrency=concurrency, judge=judge,
-        on_ready=show if stream else None, progress=progress,
+        on_ready=on_ready, progress=progress,
     )  # fmt: skip
     if progress is not None:
         progress.end()
@@ -96,14 +102,17 @@ def judged_run(
         click.echo(f"trackssl-agent: note: {note}", err=True)
     if stream:
         click.echo(judged_output.summary_text(outcome), nl=False)
-    elif outcome.interrupted and not pem and fmt != "text":
-        # Stdout holds a document (JSON, OpenMetrics, Nagios): the summary goes beside it.
-        click.echo(outcome.tally().line(), err=True)
     elif pem:
         emit(_pem_text([j.result for j in outcome.judged]), output_path)
+    elif fmt == "json":
+        emit(json.dumps(objects, indent=2) + "\n", output_path)
     else:
         now = datetime.now(UTC)
         emit(judged_output.render(outcome, fmt=fmt, policy=policy, now=now), output_path)
+    if outcome.interrupted and not stream:
+        # The output is a document (JSON, OpenMetrics, Nagios, PEM) or a file: the summary
+        # line goes to stderr.
+        click.echo(outcome.tally().line(), err=True)
     return int(_exit_code(outcome))
 
 
