@@ -106,11 +106,20 @@ def make_chain(
     sans: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
     name: str = "server",
     not_after: datetime | None = None,
+    not_before: datetime | None = None,
+    send_intermediate: bool = True,
 ) -> Chain:
-    """Write a root CA, an optional intermediate and a leaf for ``cn`` under ``directory``."""
+    """Write a root CA, an optional intermediate and a leaf for ``cn`` under ``directory``;
+    ``send_intermediate=False`` leaves the intermediate out of what the server presents."""
     directory.mkdir(parents=True, exist_ok=True)
+    # The CAs are older than the leaf, as real ones are (a leaf valid from long ago needs them).
+    ca_start = None
+    if not_before is not None:
+        ca_start = min(datetime.now(UTC), not_before) - timedelta(days=1)
     root_key = new_key(kind)
-    root = make_cert(cn=f"{name} Test Root CA", key=root_key, ca=True, days=3650)
+    root = make_cert(
+        cn=f"{name} Test Root CA", key=root_key, ca=True, days=3650, not_before=ca_start
+    )
     issuer, issuer_key = root, root_key
     presented: list[x509.Certificate] = []
     if intermediate:
@@ -122,6 +131,7 @@ def make_chain(
             issuer_key=root_key,
             ca=True,
             days=1825,
+            not_before=ca_start,
         )
         issuer, issuer_key = inter, inter_key
     leaf_key = new_key(kind)
@@ -133,9 +143,10 @@ def make_chain(
         sans=sans,
         days=days,
         not_after=not_after,
+        not_before=not_before,
     )
     presented.append(leaf)
-    if intermediate:
+    if intermediate and send_intermediate:
         presented.append(issuer)
     cert_file = directory / f"{name}.crt"
     key_file = directory / f"{name}.key"
@@ -188,3 +199,59 @@ def _openssl_sha1(cert_file: Path, key_file: Path, *, cn: str, bits: int, days: 
     )  # fmt: skip
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     return Chain(cert_file, key_file, cert_file, (der(cert),), cert)
+
+
+def _openssl(directory: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+
+def openssl_chain(
+    directory: Path,
+    *,
+    name: str,
+    cn: str = "localhost",
+    leaf_bits: int = 2048,
+    leaf_hash: str = "sha256",
+    v1_intermediate: bool = False,
+) -> Chain:
+    """A root CA and a leaf for ``cn`` signed by openssl, which can do what cryptography
+    refuses: a SHA-1 signature, an RSA-1024 key, a version 1 intermediate CA (no extensions,
+    so no basicConstraints) between them. The server presents the leaf (and the intermediate)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        directory, "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes", "-days", "365",
+        "-subj", f"/CN={name} Test Root CA", "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.crt",
+    )  # fmt: skip
+    issuer = f"{name}-ca"
+    if v1_intermediate:
+        _openssl(
+            directory, "req", "-new", "-newkey", "rsa:2048", "-nodes",
+            "-subj", f"/CN={name} Test V1 CA", "-keyout", f"{name}-v1.key",
+            "-out", f"{name}-v1.csr",
+        )  # fmt: skip
+        _openssl(
+            directory, "x509", "-req", "-in", f"{name}-v1.csr", "-CA", f"{name}-ca.crt",
+            "-CAkey", f"{name}-ca.key", "-set_serial", "2", "-days", "365",
+            "-out", f"{name}-v1.crt",
+        )  # fmt: skip
+        issuer = f"{name}-v1"
+    (directory / f"{name}.ext").write_text(f"subjectAltName=DNS:{cn}\n")
+    _openssl(
+        directory, "req", "-new", "-newkey", f"rsa:{leaf_bits}", "-nodes", "-subj", f"/CN={cn}",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr",
+    )  # fmt: skip
+    _openssl(
+        directory, "x509", "-req", f"-{leaf_hash}", "-in", f"{name}.csr",
+        "-CA", f"{issuer}.crt", "-CAkey", f"{issuer}.key", "-set_serial", "3", "-days", "90",
+        "-extfile", f"{name}.ext", "-out", f"{name}-leaf.crt",
+    )  # fmt: skip
+    presented = [(directory / f"{name}-leaf.crt").read_bytes()]
+    if v1_intermediate:
+        presented.append((directory / f"{name}-v1.crt").read_bytes())
+    cert_file = directory / f"{name}.crt"
+    cert_file.write_bytes(b"".join(presented))
+    certs = [x509.load_pem_x509_certificate(p) for p in presented]
+    return Chain(
+        cert_file, directory / f"{name}.key", directory / f"{name}-ca.crt",
+        tuple(der(c) for c in certs), certs[0],
+    )  # fmt: skip

@@ -12,6 +12,7 @@ import pytest
 from tests.api_server import ApiServer
 from tests.certs import Chain, make_chain
 from tests.tls_servers import TcpServer, server_context, silent_server, tls_server
+from tests.verdict_servers import World, running_world
 from trackssl_agent.log import LOGGER_NAME
 
 
@@ -95,3 +96,18 @@ def silent() -> Iterator[list[TcpServer]]:
     yield servers
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Loopback TLS servers presenting one kind of certificate each, for judging."""
+    with running_world(tmp_path_factory.mktemp("verdict")) as servers:
+        yield servers
+
+
+@pytest.fixture
+def store(env: Path, world: World, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The OS trust store is the bundle of ``world``'s trusted roots (SSL_CERT_FILE)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(world.bundle))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return world.bundle

@@ -20,6 +20,7 @@ from trackssl_agent.certificates import to_pem
 SPEC_KEYS = {
     "target", "host", "port", "starttls", "servername", "address", "ok", "error",
     "tls_version", "cipher", "chain", "certificate", "elapsed_ms", "warning",
+    "status", "problems",  # SPEC section 4a: probe's results are judged
 }  # fmt: skip
 CERT_KEYS = {
     "subject", "issuer", "serial", "sha256", "not_before", "not_after", "days_remaining",

@@ -750,3 +750,17 @@ def test_json_entries_join_into_the_probe_json_array(chain: Chain) -> None:
     for found in ([], results[:1], results):
         expected = json.dumps([output.result_json(r, now) for r in found], indent=2) + "\n"
         assert render_json([json_entry(now)(r) for r in found]) == expected
+
+
+def test_targets_file_comment_says_expired_for_a_past_date() -> None:
+    """A leaf whose date passed before the probe reads "expired", never "expires"."""
+    cert = make_cert(
+        cn="old", key=new_key("ec"), not_before=datetime(2019, 1, 1, tzinfo=UTC),
+        not_after=datetime(2020, 5, 6, tzinfo=UTC),
+    )  # fmt: skip
+    address = plan(["127.0.0.1"], [443], resolver=_no_lookup).addresses[0]
+    result = ProbeResult(
+        target=endpoint_target(address, 443), servername=None, address="127.0.0.1",
+        probed_at=datetime.now(UTC), elapsed_ms=1.0, chain=(der(cert),),
+    )  # fmt: skip
+    assert targets_line(result) == "127.0.0.1:443 # CN=old, expired 2020-05-06\n"

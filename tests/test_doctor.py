@@ -22,6 +22,7 @@ from tests.conftest import PROXY_VARIABLES
 from tests.test_api import ConnectProxy
 from tests.test_statedir import tmpfs
 from tests.tls_servers import TcpServer
+from tests.verdict_servers import World
 from trackssl_agent import doctor
 from trackssl_agent.doctor_values import Check, Status
 
@@ -318,3 +319,19 @@ def test_probe_option_probes_the_sample_only(
     assert code == 0, out
     assert "TLSv1.3" in line(out, f"probe 127.0.0.1:{good[0].port}")
     assert f"127.0.0.1:{good[1].port}" not in out
+
+
+def test_probe_line_says_expired_for_a_past_date(
+    env: Path, api_server: ApiServer, world: World, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """``doctor --probe`` uses the verdict's words: a leaf past its date "expired", never
+    "expires"."""
+    use(api_server, monkeypatch)
+    api_server.domains = domain_entries({1: world.ports["expired"], 2: world.ports["good"]})
+    _code, out, _ = run_cli(["doctor", "--probe", "--targets-sample", "2"], capsys)
+    expired = line(out, f"probe 127.0.0.1:{world.ports['expired']}")
+    good = line(out, f"probe 127.0.0.1:{world.ports['good']}")
+    assert f"leaf expired {world.chains['expired'].leaf.not_valid_after_utc:%Y-%m-%d}" in expired
+    assert "expires" not in expired
+    assert f"leaf expires {world.chains['good'].leaf.not_valid_after_utc:%Y-%m-%d}" in good

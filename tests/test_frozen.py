@@ -21,7 +21,7 @@ import pytest
 
 from tests import tls_servers
 from tests.api_server import ApiServer, domain_entries
-from tests.certs import Chain, make_chain
+from tests.certs import Chain, make_cert, make_chain, new_key, pem
 from tests.frozen_builds import FOLDER, ensure_built
 from trackssl_agent import __version__
 from trackssl_agent.certificates import to_pem
@@ -151,6 +151,36 @@ def test_probe_against_loopback_tls(
     assert probed["ok"] is True
     assert probed["chain"] == [to_pem(der) for der in target_chain.ders]
     assert probed["tls_version"] in {"TLSv1.2", "TLSv1.3"}
+
+
+def test_probe_judges_against_the_store_ssl_cert_file_names(
+    frozen: Path, tmp_path: Path, target: tls_servers.TcpServer, target_chain: Chain
+) -> None:
+    """The single file judges with the host's store, not a bundled one: a system-style bundle
+    named by SSL_CERT_FILE that holds the target's CA makes its chain verified; the same
+    bundle without that CA leaves it untrusted, the missing root named."""
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    others = system.read_bytes() if system.is_file() else b""
+    others += pem(make_cert(cn="Unrelated Root CA", key=new_key(), ca=True))
+    with_ca, without = tmp_path / "with-ca.crt", tmp_path / "without.crt"
+    with_ca.write_bytes(others + target_chain.ca_file.read_bytes())
+    without.write_bytes(others)
+    judged = {}
+    for name, bundle in (("with", with_ca), ("without", without)):
+        result = subprocess.run(
+            [str(frozen), "probe", target.endpoint, "--json", "--verify"],
+            env=agent_env(tmp_path, SSL_CERT_FILE=str(bundle)), capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        [judged[name]] = json.loads(result.stdout)
+        judged[name]["exit"] = result.returncode
+    assert (judged["with"]["exit"], judged["with"]["status"], judged["with"]["problems"]) == (
+        0, "OK", [],
+    )  # fmt: skip
+    assert judged["without"]["exit"] == 1
+    [untrusted] = judged["without"]["problems"]
+    assert untrusted["kind"] == "untrusted"
+    assert "'CN=target Test Root CA' is neither presented nor trusted" in untrusted["message"]
 
 
 def test_check_once_reads_environment_txt_beside_the_executable(

@@ -197,6 +197,7 @@ def test_exposition_metadata_and_eof(served: Served, capsys: pytest.CaptureFixtu
         "trackssl_probe_success", "trackssl_probe_duration_seconds",
         "trackssl_probe_error_info", "trackssl_cert_not_after_seconds",
         "trackssl_cert_not_before_seconds", "trackssl_tls_version_info",
+        "trackssl_probe_status", "trackssl_chain_verified",  # SPEC section 4a
     }  # fmt: skip
     for name, family in found.items():
         assert family.type == "gauge", name

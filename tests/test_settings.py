@@ -29,6 +29,7 @@ BAD: dict[Kind, str] = {
     Kind.ALLOW: "a b/c",
     Kind.FILE: "missing.pem",
     Kind.LOG_FILE: ".",  # a directory
+    Kind.BOOL: "maybe",
 }
 
 
@@ -100,7 +101,7 @@ def test_every_keyed_row_refuses_control_characters(row: Spec, tmp_path: Path) -
 def test_an_option_out_of_bounds_is_refused(row: Spec) -> None:
     """Each option refuses a value outside its row's type or bounds (usage error)."""
     value = {Kind.DURATION: "5s", Kind.LOG_FILE: "."}.get(row.kind, "-1000000")
-    args = {"warn_days": "probe", "crit_days": "probe"}.get(row.name, "run")
+    args = {"warn_days": "probe", "crit_days": "probe", "ca_file": "probe"}.get(row.name, "run")
     command = [args, row.option or "", value] + (["h.example:443"] if args == "probe" else [])
     result = CliRunner().invoke(cli.cli, command)
     # click refuses typed options itself (exit 2 in CliRunner); config refuses the rest.

@@ -119,6 +119,10 @@ class Config:
     log_file: Path | None
     log_level: str
     log_format: str
+    verify: bool
+    """Judging: trust, name and weak-crypto problems are warnings (``--verify``)."""
+    ca_file: Path | None
+    """Judging: extra trust anchors (``--ca-file``); not the API's ``ca_bundle``."""
     file: Path | None
     """The configuration file read, or None."""
     settings: Mapping[str, Setting] = field(default_factory=dict, repr=False)
@@ -325,7 +329,12 @@ def _convert_path(
 
 
 def _validate(
-    chosen: Mapping[str, Setting], *, environ: Mapping[str, str], cwd: Path, platform: str
+    chosen: Mapping[str, Setting],
+    *,
+    environ: Mapping[str, str],
+    cwd: Path,
+    platform: str,
+    rows: tuple[Spec, ...] = settings.KEYED,
 ) -> dict[str, object]:
     """Each keyed setting's value by its row's kind; ConfigError for the first bad one."""
 
@@ -338,7 +347,7 @@ def _validate(
         # Not shown: it may be a token, and its control characters would reach the terminal.
         raise fail(key, "a value without NUL or other control characters", show=False)
     values: dict[str, object] = {}
-    for row in settings.KEYED:
+    for row in rows:
         key = row.key or ""
         setting = _value(chosen, key)
         value: object
@@ -364,6 +373,21 @@ def from_process(
         cwd=Path.cwd(),
         executable=frozen_executable(),
     )
+
+
+def from_environment(
+    names: tuple[str, ...], *, options: Mapping[str, str | float | Path | None]
+) -> dict[str, object]:
+    """The values of settings ``names`` from these options (by setting name) over the process
+    environment, for a command that reads no configuration file (``probe``); ConfigError
+    (exit 3) for a bad one. Other settings in the environment are not looked at."""
+    rows = tuple(settings.spec(name) for name in names)
+    keys = {row.key for row in rows}
+    environ = {key: value for key, value in os.environ.items() if key in keys}
+    given = {settings.spec(n).key or n: None if v is None else str(v) for n, v in options.items()}
+    chosen = _merge(options=given, environ=environ, from_file={}, warnings=[])
+    cwd = Path.cwd()
+    return _validate(chosen, environ=environ, cwd=cwd, platform=sys.platform, rows=rows)
 
 
 def start_logging(config: Config) -> None:

@@ -1,6 +1,6 @@
 """One cycle: fetch the domain list, probe all concurrently, post each result as it
 completes through the outbox, and report. ``compose`` wires it from a Config; local mode
-(``probe_all``) uses the same producer of results.
+(``local_mode``) uses the same producer of results.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from trackssl_agent.delivery import INITIAL, Delivery
 from trackssl_agent.memory import release_memory
 from trackssl_agent.outbox import JsonBytes, Outbox, Record
 from trackssl_agent.probe import ProbeSettings
-from trackssl_agent.probe_pool import Probes, probe_many, start_probes
+from trackssl_agent.probe_pool import Probes, start_probes
 from trackssl_agent.results import ProbeResult
-from trackssl_agent.targets import Target
 
 logger = log.get_logger(__name__)
 
@@ -52,26 +51,6 @@ def _batches(probes: Probes) -> Iterator[list[tuple[int, ProbeResult]]]:
                 return
             batch.append(item)
         yield batch
-
-
-def probe_all(
-    targets: Sequence[Target],
-    settings: ProbeSettings,
-    *,
-    concurrency: int,
-    stop: threading.Event | None = None,
-    progress: Progress | None = None,
-) -> list[ProbeResult]:
-    """Local mode: probe every target, results in input order (unfinished ones left out)."""
-    ordered: list[ProbeResult | None] = [None] * len(targets)
-    failed = 0
-    results = probe_many(targets, settings, concurrency=concurrency, stop=stop)
-    for done, (index, result) in enumerate(results, start=1):
-        ordered[index] = result
-        failed += 0 if result.ok else 1
-        if progress:
-            progress(done, len(targets), failed)
-    return [r for r in ordered if r is not None]
 
 
 @dataclass

@@ -209,15 +209,18 @@ def _result_key(result: ProbeResult) -> tuple[int, int, int]:
 
 def targets_line(result: ProbeResult) -> str:
     """The targets-file line of an endpoint, for ``check-once --targets``: its TARGET and
-    ``# subject, expires YYYY-MM-DD`` (the subject made printable, so that a newline in it
-    cannot start a line of its own, and cut to ``MAX_SUBJECT`` characters)."""
+    ``# subject, expires YYYY-MM-DD`` (``expired`` for a date before the probe; the subject
+    made printable, so that a newline in it cannot start a line of its own, and cut to
+    ``MAX_SUBJECT`` characters)."""
     leaf = output.leaf_summary(result)
     subject = printable(leaf.subject) if leaf is not None and leaf.subject else "(no subject)"
     if len(subject) > MAX_SUBJECT:
         subject = subject[: MAX_SUBJECT - 3] + "..."
     not_after = leaf.not_after if leaf is not None else None
     expires = not_after.strftime("%Y-%m-%d") if not_after is not None else "unknown"
-    return f"{result.target.text} # {subject}, expires {expires}\n"
+    # The words of the verdict (SPEC 4a): a date before the probe is "expired".
+    verb = "expired" if not_after is not None and not_after < result.probed_at else "expires"
+    return f"{result.target.text} # {subject}, {verb} {expires}\n"
 
 
 def json_entry(now: datetime) -> Render:

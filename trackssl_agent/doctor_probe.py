@@ -186,7 +186,9 @@ def _probe_line(result: ProbeResult) -> Check:
         why = result.error.message if result.error else "no certificate was presented"
         return Check(name, Status.WARN, why, "run `trackssl-agent probe` on it for details")
     expires = certificates.expiry(result.chain[0])
-    until = f"leaf expires {expires:%Y-%m-%d}" if expires else "leaf expiry unreadable"
+    # The verdict's words (SPEC 4a): a date before the probe is "expired", never "expires".
+    verb = "expired" if expires is not None and expires < result.probed_at else "expires"
+    until = f"leaf {verb} {expires:%Y-%m-%d}" if expires else "leaf expiry unreadable"
     return Check(
         name, Status.OK, f"{result.tls_version}, {len(result.chain)} certificates, {until}"
     )

@@ -14,9 +14,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from trackssl_agent import certificates
 from trackssl_agent.results import CertSummary, ProbeResult
+
+if TYPE_CHECKING:
+    from trackssl_agent.verdict import Verdict
 
 CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 """What an HTTP server would send this text as."""
@@ -53,8 +57,14 @@ NOT_BEFORE = Family(
     "seconds",
 )
 TLS_VERSION = Family("trackssl_tls_version_info", "The TLS version negotiated; always 1.")
+STATUS = Family(
+    "trackssl_probe_status", "The target's status: 0 OK, 1 WARNING, 2 CRITICAL (the exit codes)."
+)
+VERIFIED = Family(
+    "trackssl_chain_verified", "1 when the presented chain leads to a trust anchor, else 0."
+)
 
-FAMILIES = (SUCCESS, DURATION, ERROR, NOT_AFTER, NOT_BEFORE, TLS_VERSION)
+FAMILIES = (SUCCESS, DURATION, ERROR, NOT_AFTER, NOT_BEFORE, TLS_VERSION, STATUS, VERIFIED)
 """Every family, in the order rendered; each is written even when it has no sample."""
 
 
@@ -122,15 +132,20 @@ class _Cert:
         )
 
 
-def _first_per_target(results: Iterable[ProbeResult]) -> list[ProbeResult]:
+_STATUS_VALUES = {"OK": 0.0, "WARNING": 1.0, "CRITICAL": 2.0}
+
+
+def _first_per_target(
+    results: Iterable[ProbeResult], verdicts: Sequence[Verdict | None]
+) -> list[tuple[ProbeResult, Verdict | None]]:
     """One result per TARGET text: a family must not hold two samples with the same labels
     (Prometheus would reject the exposition), so a target listed twice is shown once."""
     seen: set[str] = set()
-    unique: list[ProbeResult] = []
-    for result in results:
+    unique: list[tuple[ProbeResult, Verdict | None]] = []
+    for index, result in enumerate(results):
         if result.target.text not in seen:
             seen.add(result.target.text)
-            unique.append(result)
+            unique.append((result, verdicts[index] if index < len(verdicts) else None))
     return unique
 
 
@@ -142,11 +157,13 @@ def _summary(der: bytes, cache: dict[bytes, CertSummary]) -> CertSummary:
     return cache[der]
 
 
-def render(results: Iterable[ProbeResult]) -> str:
-    """The OpenMetrics exposition of ``results``, ending in ``# EOF\\n``; never raises on
-    what a server presented (an unreadable certificate field is an empty label value, an
-    unreadable date the value NaN)."""
-    probed = _first_per_target(results)
+def render(results: Iterable[ProbeResult], verdicts: Sequence[Verdict | None] = ()) -> str:
+    """The OpenMetrics exposition of ``results`` (with their ``verdicts``, in the same order,
+    when judged), ending in ``# EOF\\n``; never raises on what a server presented (an
+    unreadable certificate field is an empty label value, an unreadable date the value NaN)."""
+    pairs = _first_per_target(results, verdicts)
+    probed = [result for result, _verdict in pairs]
+    judged = [(result, verdict) for result, verdict in pairs if verdict is not None]
     retrieved = [r for r in probed if r.ok]
     summaries: dict[bytes, CertSummary] = {}
     certs = [
@@ -166,6 +183,10 @@ def render(results: Iterable[ProbeResult]) -> str:
         NOT_BEFORE: [(c.labels(), unix_time(c.summary.not_before)) for c in certs],
         TLS_VERSION: [
             ((("target", r.target.text), ("version", r.tls_version or "")), 1.0) for r in retrieved
+        ],
+        STATUS: [((("target", r.target.text),), _STATUS_VALUES[v.status]) for r, v in judged],
+        VERIFIED: [
+            ((("target", r.target.text),), 1.0 if v.chain_verified else 0.0) for r, v in judged
         ],
     }
     lines = [line for family in FAMILIES for line in render_family(family, samples[family])]

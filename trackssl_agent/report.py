@@ -1,20 +1,21 @@
 """The exit-code authority (SPEC section 2, Nagios style): every exit status of the process
-is decided here, from facts the rest of the agent reports: probe results against the
-expiry thresholds, a cycle's delivery facts, an error, a signal."""
+is decided here, from facts the rest of the agent reports: the verdicts on probe results
+(their status, SPEC section 4a), a cycle's delivery facts, an error, a signal."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from typing import TYPE_CHECKING
 
-from trackssl_agent import certificates
 from trackssl_agent.errors import AgentError, ExitCode
-from trackssl_agent.results import ProbeResult
+
+if TYPE_CHECKING:
+    from trackssl_agent.verdict import Verdict
 
 __all__ = [
-    "ExitCode", "Thresholds", "cycle_exit_code", "doctor_exit_code", "error_exit_code",
-    "probe_exit_code", "result_status", "signal_exit_code",
+    "ExitCode", "cycle_exit_code", "doctor_exit_code", "error_exit_code", "probe_exit_code",
+    "signal_exit_code", "status_exit_code",
 ]  # fmt: skip
 
 
@@ -22,38 +23,22 @@ _SIGNAL_BASE = 128
 """Shell convention: a process ended by signal N exits 128 + N."""
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """``--warn-days`` and ``--crit-days``; their defaults live in the settings table."""
-
-    warn_days: int
-    crit_days: int
+_STATUS_CODES = {"OK": ExitCode.OK, "WARNING": ExitCode.WARNING, "CRITICAL": ExitCode.CRITICAL}
+"""A verdict's status (``verdict.Status``, SPEC section 4a) as its exit code: keyed by the word,
+so that this module, which ``run`` loads, never imports the judging modules."""
 
 
-def result_status(result: ProbeResult, thresholds: Thresholds, now: datetime) -> ExitCode:
-    """CRITICAL when not probed, expired or within crit-days; WARNING within warn-days.
-
-    A leaf whose expiry date cannot be parsed is a WARNING: it was retrieved, but nobody
-    can say when it expires.
-    """
-    if not result.ok or not result.chain:
-        return ExitCode.CRITICAL
-    not_after = certificates.expiry(result.chain[0])
-    if not_after is None:
-        return ExitCode.WARNING
-    left = (not_after - now).total_seconds()
-    if left < thresholds.crit_days * 86400:
-        return ExitCode.CRITICAL
-    if left < thresholds.warn_days * 86400:
-        return ExitCode.WARNING
-    return ExitCode.OK
+def status_exit_code(status: str) -> ExitCode:
+    """The exit code of one status word: OK 0, WARNING 1, CRITICAL 2."""
+    return _STATUS_CODES[str(status)]
 
 
-def probe_exit_code(
-    results: Iterable[ProbeResult], thresholds: Thresholds, now: datetime
-) -> ExitCode:
-    """The worst status over all results (OK for none)."""
-    return max((result_status(r, thresholds, now) for r in results), default=ExitCode.OK)
+def probe_exit_code(verdicts: Iterable[Verdict], *, interrupted: bool = False) -> ExitCode | int:
+    """``probe`` and local mode: the worst status over all verdicts (OK for none); 130 when
+    Ctrl-C cut the run short, whatever was found before."""
+    if interrupted:
+        return signal_exit_code(signal.SIGINT)
+    return max((status_exit_code(v.status) for v in verdicts), default=ExitCode.OK)
 
 
 def cycle_exit_code(*, auth_failed: bool, waits: bool) -> ExitCode:

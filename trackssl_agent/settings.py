@@ -32,6 +32,7 @@ class Kind(Enum):
     FILE = "file"  # an existing file
     LOG_FILE = "log-file"  # a file this user can write
     DIR = "dir"  # a directory; empty means the platform's default
+    BOOL = "bool"  # true/false, yes/no, on/off, 1/0; an option without a value
 
 
 PATH_KINDS = frozenset({Kind.FILE, Kind.LOG_FILE, Kind.DIR})
@@ -100,6 +101,10 @@ SETTINGS: tuple[Spec, ...] = (
          "Exit 1 when a certificate expires within this many days.", low=0),
     Spec("crit_days", None, "--crit-days", Kind.INT, "7",
          "Exit 2 when a certificate expires within this many days.", low=0),
+    Spec("verify", "TRACKSSL_VERIFY", "--verify", Kind.BOOL, "false",
+         "Trust, name and weak-crypto problems are warnings (exit 1), not notes."),
+    Spec("ca_file", "TRACKSSL_CA_FILE", "--ca-file", Kind.FILE, "",
+         "Extra PEM trust anchors for judging targets [default: the OS trust store only]."),
 )  # fmt: skip
 
 CONFIG_KEY = "TRACKSSL_CONFIG"
@@ -139,6 +144,8 @@ STATE_DIR = _key("state_dir")
 LOG_FILE = _key("log_file")
 LOG_LEVEL = _key("log_level")
 LOG_FORMAT = _key("log_format")
+VERIFY = _key("verify")
+CA_FILE = _key("ca_file")
 
 
 def expected(row: Spec) -> str:
@@ -155,12 +162,17 @@ def expected(row: Spec) -> str:
         return "a duration such as 90s, 30m, 4h or 1d"
     if row.kind is Kind.CHOICE:
         return "one of " + ", ".join(row.choices)
+    if row.kind is Kind.BOOL:
+        return "true or false"
     return {
         Kind.URL: "an https:// URL such as https://app.trackssl.com",
         Kind.ALLOW: "comma-separated CIDRs and host globs",
         Kind.FILE: "a PEM file of CA certificates that exists",
     }.get(row.kind, "a path")
 
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0", ""})
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", re.IGNORECASE | re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -276,6 +288,11 @@ def convert(row: Spec, text: str) -> object:
         if text.lower() not in row.choices:
             raise ValueError(expected(row))
         return text.lower()
+    if row.kind is Kind.BOOL:
+        word = text.strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise ValueError(expected(row))
+        return word in _TRUE
     if row.kind is Kind.ALLOW:
         try:
             return allow.parse(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,10 @@ def read_targets_file(lines: Iterable[str], *, source: str, starttls: str) -> li
     return targets
 
 
+STDIN = "-"
+"""``--targets -``: the targets come from standard input (SPEC section 4a)."""
+
+
 def read_targets_stream(stream: BinaryIO, *, source: str, starttls: str) -> list[Target]:
     """The targets of a targets file read from ``stream`` (a file, later stdin) a line at
     a time: UsageError naming ``source`` and the limit for a file beyond
@@ -293,7 +298,9 @@ def _read_line(stream: BinaryIO, source: str) -> bytes:
 
 def read_targets_path(path: Path, *, starttls: str) -> list[Target]:
     """The targets of ``--targets FILE``; UsageError when it cannot be read, is beyond the
-    bounds or names none."""
+    bounds or names none. ``-`` reads standard input, within the same bounds."""
+    if str(path) == STDIN:
+        return read_targets_stream(sys.stdin.buffer, source=STDIN, starttls=starttls)
     try:
         stream = path.open("rb")
     except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -24,15 +25,15 @@ from trackssl_agent.cli.options import (
     setting_option,
     setting_options,
 )
-from trackssl_agent.cli.probe_command import emit, format_results, render_results
+from trackssl_agent.cli.probe_command import judged_run, render_results
 from trackssl_agent.errors import AgentError, ExitCode, UsageError
 from trackssl_agent.log import get_logger, printable, redact
 from trackssl_agent.probe import address_family
-from trackssl_agent.report import Thresholds, probe_exit_code
 from trackssl_agent.targets import read_targets_path
 
 if TYPE_CHECKING:  # the cycle (and the API client) is imported only when a command needs it
     from trackssl_agent.cycle_report import CycleReport
+    from trackssl_agent.targets import Target
 
 
 def _load_config(config_path: Path | None, **values: str | float | Path | None) -> config.Config:
@@ -69,7 +70,7 @@ class _ProgressLine:
     "--targets",
     "targets_file",
     type=FILE,
-    help="Local mode: probe the targets of FILE (one a line); no account needed.",
+    help="Local mode: probe the targets of FILE (one a line; - for stdin); no account needed.",
 )
 @output_option
 @click.option("--dry-run", is_flag=True, help="Fetch and probe, post nothing; show results.")
@@ -83,6 +84,8 @@ def check_once(
     as_json: bool,
     warn_days: int,
     crit_days: int,
+    verify: bool | None,
+    ca_file: Path | None,
     starttls: str,
     targets_file: Path | None,
     output_path: Path | None,
@@ -97,43 +100,66 @@ def check_once(
 
     With the API: fetch the domain list, probe every domain, post each result (through
     the outbox in the state dir), print a summary. With --targets FILE: probe the file's
-    targets and report with the probe exit codes; no account or token needed; --format
-    openmetrics --output FILE is a file for the node exporter's textfile collector.
+    targets, judge each as probe does (--verify, --ca-file) and exit with the worst status;
+    no account or token needed; --format openmetrics --output FILE is a file for the node
+    exporter's textfile collector, --format nagios a plugin's output.
     """
     # Imported here: requests and the API client cost ~0.2 s that --version and probe skip.
-    from trackssl_agent import compose, cycle  # noqa: PLC0415
+    from trackssl_agent import compose  # noqa: PLC0415
 
     fmt = output_format(as_json=as_json, chosen=chosen_format)
     _check_mode_options(targets_file, starttls=starttls, fmt=fmt, output_path=output_path)
+    if targets_file is None and (verify or ca_file is not None):
+        raise UsageError("--verify and --ca-file apply to --targets; with the API TrackSSL judges")
     cfg = _load_config(
         config_path, timeout=timeout, concurrency=concurrency,
         log_level=log_level, log_file=log_file, log_format=log_format,
+        verify=verify, ca_file=ca_file,
     )  # fmt: skip
     family = address_family(ipv4=ipv4, ipv6=ipv6)
     local = read_targets_path(targets_file, starttls=starttls) if targets_file else None
     config.start_logging(cfg)
+    if local is not None:
+        return _local_mode(local, cfg, family=family, fmt=fmt, output_path=output_path,
+                           warn_days=warn_days, crit_days=crit_days)  # fmt: skip
     progress = _ProgressLine() if sys.stderr.isatty() else None
     stop = threading.Event()
     try:
-        if local is not None:
-            results = cycle.probe_all(
-                local, compose.probe_settings(cfg, family=family),
-                concurrency=cfg.concurrency, stop=stop, progress=progress,
-            )  # fmt: skip
-        else:
-            cycle_report = compose.run_once(
-                cfg, stop=stop, family=family, dry_run=dry_run, progress=progress,
-                keep_results=fmt == "json" or dry_run,
-            )  # fmt: skip
+        cycle_report = compose.run_once(
+            cfg, stop=stop, family=family, dry_run=dry_run, progress=progress,
+            keep_results=fmt == "json" or dry_run,
+        )  # fmt: skip
     finally:
         stop.set()
         if progress is not None:
             progress.end()
     now = datetime.now(UTC)
-    if local is not None:
-        emit(format_results(results, fmt=fmt, now=now), output_path)
-        return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
     return _render_cycle_report(cycle_report, as_json=fmt == "json", dry_run=dry_run, now=now)
+
+
+def _local_mode(
+    targets: list[Target],
+    cfg: config.Config,
+    *,
+    family: socket.AddressFamily,
+    fmt: str,
+    output_path: Path | None,
+    warn_days: int,
+    crit_days: int,
+) -> int:
+    """``check-once --targets``: probe, judge and render as ``probe`` does (SPEC section 4a)."""
+    from trackssl_agent import compose  # noqa: PLC0415 - see check_once
+    from trackssl_agent.verdict import Policy  # noqa: PLC0415 - judging only
+
+    # Text on a terminal streams, and is its own progress: a rewritten stderr line would
+    # land in the middle of it.
+    streams = fmt == "text" and output_path is None and sys.stdout.isatty()
+    progress = _ProgressLine() if sys.stderr.isatty() and not streams else None
+    return judged_run(
+        targets, compose.probe_settings(cfg, family=family), concurrency=cfg.concurrency,
+        policy=Policy(warn_days=warn_days, crit_days=crit_days, verify=cfg.verify),
+        ca_file=cfg.ca_file, fmt=fmt, output_path=output_path, progress=progress,
+    )  # fmt: skip
 
 
 def _check_mode_options(
@@ -147,9 +173,9 @@ def _check_mode_options(
         return
     if starttls != protocols.AUTO:
         raise UsageError("--starttls applies to --targets; the API decides per domain")
-    if fmt == "openmetrics":
+    if fmt in {"openmetrics", "nagios"}:
         raise UsageError(
-            "--format openmetrics applies to --targets FILE (local mode); "
+            f"--format {fmt} applies to --targets FILE (local mode); "
             "with the API the results go to TrackSSL"
         )
     if output_path is not None:

@@ -78,6 +78,11 @@ def setting_option(name: str, *, param: str | None = None) -> Callable[[F], F]:
     if row.option is None:
         raise ValueError(f"setting {name} has no command-line option")
     keyed = row.key is not None
+    if row.kind is Kind.BOOL:
+        # A flag: absent is None, so that the environment and the file decide.
+        return click.option(
+            row.option, param or row.name, is_flag=True, default=None, help=row.help
+        )
     shown = f" [default: {row.default}]" if keyed and row.default else ""
     return click.option(
         row.option,
@@ -116,8 +121,9 @@ def family_option(func: F) -> F:
     return click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4 addresses.")(func)
 
 
-FORMATS = ("text", "json", "openmetrics")
-"""``--format``'s choices: readable text, SPEC section 4 JSON, OpenMetrics for Prometheus."""
+FORMATS = ("text", "json", "openmetrics", "nagios")
+"""``--format``'s choices: readable text, SPEC section 4 JSON, OpenMetrics for Prometheus, a
+Nagios/Icinga plugin's status line (SPEC section 4a)."""
 
 
 def output_format(*, as_json: bool, chosen: str | None) -> str:
@@ -144,10 +150,11 @@ probe_options = _stack(
         "chosen_format",
         type=click.Choice(FORMATS),
         default=None,
-        help="Output: text (the default), json (SPEC section 4) or openmetrics (Prometheus).",
+        help="Output: text (the default), json (SPEC section 4), openmetrics (Prometheus) or "
+        "nagios (a plugin's status line).",
     ),
     click.option("--json", "as_json", is_flag=True, help="Short for --format json."),
-    setting_options("warn_days", "crit_days"),
+    setting_options("warn_days", "crit_days", "verify", "ca_file"),
     click.option(
         "--starttls",
         type=click.Choice(protocols.STARTTLS_CHOICES),

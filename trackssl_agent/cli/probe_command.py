@@ -6,39 +6,29 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from trackssl_agent import output, output_file, settings
+from trackssl_agent import config, output, output_file, settings
 from trackssl_agent.cli.options import output_format, output_option, probe_options
 from trackssl_agent.errors import UsageError
 from trackssl_agent.log import setup_logging
 from trackssl_agent.probe import ProbeSettings, address_family
-from trackssl_agent.probe_pool import probe_many
-from trackssl_agent.report import Thresholds, probe_exit_code
+from trackssl_agent.report import probe_exit_code
 from trackssl_agent.results import ProbeResult
 from trackssl_agent.targets import Target, encode_hostname, parse_target
 
-
-def run_probes(
-    targets: Sequence[Target], settings: ProbeSettings, concurrency: int
-) -> list[ProbeResult]:
-    """Probe all targets concurrently; results in input order."""
-    ordered: list[ProbeResult | None] = [None] * len(targets)
-    for index, result in probe_many(targets, settings, concurrency=concurrency):
-        ordered[index] = result
-    return [r for r in ordered if r is not None]
+if TYPE_CHECKING:  # judging is imported when a judged command runs, never for the API path
+    from trackssl_agent.local_mode import Outcome
+    from trackssl_agent.verdict import Policy
 
 
 def format_results(results: Sequence[ProbeResult], *, fmt: str, now: datetime) -> str:
-    """Results as readable text, SPEC section 4 JSON or OpenMetrics (``fmt``, one of
-    ``options.FORMATS``)."""
+    """Results as readable text or SPEC section 4 JSON, not judged: the API path's
+    (``check-once --dry-run``, ``--json``), where the cloud judges."""
     if fmt == "json":
         return json.dumps([output.result_json(r, now) for r in results], indent=2) + "\n"
-    if fmt == "openmetrics":
-        from trackssl_agent import openmetrics  # noqa: PLC0415 - only for this format
-
-        return openmetrics.render(results)
     return "\n".join(output.render_text(r, now) for r in results)
 
 
@@ -53,6 +43,100 @@ def emit(text: str, output_path: Path | None) -> None:
 def render_results(results: Sequence[ProbeResult], *, fmt: str, now: datetime) -> None:
     """Print results in ``fmt`` on stdout."""
     emit(format_results(results, fmt=fmt, now=now), None)
+
+
+class Progress(Protocol):
+    """A progress display: told after each result, ended before the output."""
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        """After each result."""
+
+    def end(self) -> None:
+        """Before the output: finish the display."""
+
+
+def judged_run(
+    targets: Sequence[Target],
+    probe_settings: ProbeSettings,
+    *,
+    concurrency: int,
+    policy: Policy,
+    ca_file: Path | None,
+    fmt: str,
+    output_path: Path | None,
+    pem: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """``probe`` and local mode: probe, judge (SPEC section 4a) and render; the exit code.
+
+    Text on stdout is written as it becomes ready, each target once every target before it
+    is done; other formats, ``--output`` and ``--pem`` are written whole at the end."""
+    from trackssl_agent import judged_output, local_mode  # noqa: PLC0415 - judging only
+    from trackssl_agent.trust_store import LazyAnchors, load_ca_file  # noqa: PLC0415
+    from trackssl_agent.verdict import Judge, Judged  # noqa: PLC0415
+
+    extra = load_ca_file(ca_file) if ca_file is not None else []
+    judge = Judge(policy, LazyAnchors(extra, extra_source=str(ca_file) if ca_file else None))
+    stream = fmt == "text" and output_path is None and not pem
+    shown = [0]
+    objects: list[dict[str, Any]] = []
+
+    def show(judged: Judged) -> None:
+        now = datetime.now(UTC)
+        click.echo(judged_output.text_block(judged, now, first=shown[0] == 0), nl=False)
+        shown[0] += 1
+
+    def keep(judged: Judged) -> None:
+        # Made while the other targets are probed, not all at the end.
+        objects.append(output.result_json(judged.result, datetime.now(UTC), judged.verdict))
+
+    on_ready = show if stream else keep if fmt == "json" and not pem else None
+    outcome = local_mode.judge_all(
+        targets, probe_settings, concurrency=concurrency, judge=judge,
+        on_ready=on_ready, progress=progress,
+    )  # fmt: skip
+    if progress is not None:
+        progress.end()
+    note = judge.store_note()
+    if note:
+        click.echo(f"trackssl-agent: note: {note}", err=True)
+    if stream:
+        click.echo(judged_output.summary_text(outcome), nl=False)
+    elif pem:
+        emit(_pem_text([j.result for j in outcome.judged]), output_path)
+    elif fmt == "json":
+        emit(json.dumps(objects, indent=2) + "\n", output_path)
+    else:
+        now = datetime.now(UTC)
+        emit(judged_output.render(outcome, fmt=fmt, policy=policy, now=now), output_path)
+    if outcome.interrupted and not stream:
+        # The output is a document (JSON, OpenMetrics, Nagios, PEM) or a file: the summary
+        # line goes to stderr.
+        click.echo(outcome.tally().line(), err=True)
+    return int(_exit_code(outcome))
+
+
+def _exit_code(outcome: Outcome) -> int:
+    return int(
+        probe_exit_code((j.verdict for j in outcome.judged), interrupted=outcome.interrupted)
+    )
+
+
+def judging_policy(
+    *, warn_days: int, crit_days: int, verify: bool | None, ca_file: Path | None
+) -> tuple[Policy, Path | None]:
+    """The judging policy and ``--ca-file`` of ``probe``: these options over the process
+    environment (``TRACKSSL_VERIFY``, ``TRACKSSL_CA_FILE``); probe reads no config file."""
+    from trackssl_agent.verdict import Policy  # noqa: PLC0415 - judging only
+
+    values = config.from_environment(
+        ("verify", "ca_file"), options={"verify": verify, "ca_file": ca_file}
+    )
+    chosen = values["ca_file"]
+    return (
+        Policy(warn_days=warn_days, crit_days=crit_days, verify=bool(values["verify"])),
+        chosen if isinstance(chosen, Path) else None,
+    )
 
 
 def _pem_text(results: Sequence[ProbeResult]) -> str:
@@ -78,6 +162,8 @@ def probe(
     as_json: bool,
     warn_days: int,
     crit_days: int,
+    verify: bool | None,
+    ca_file: Path | None,
     starttls: str,
     output_path: Path | None,
     servername: str | None,
@@ -88,6 +174,10 @@ def probe(
     TARGET is host, host:port, [v6]:port, or scheme://host[:port] (https, ldaps, imaps,
     pop3s, smtps, tls, smtp, submission, lmtp, imap, pop3, ftp, ldap, xmpp, xmpp-server,
     nntp, sieve, postgres, mysql, rdp, mssql).
+
+    Each target gets a status (OK, WARNING, CRITICAL) and its problems: expiry, and, judged
+    offline against the OS trust store and --ca-file, trust, name and weak crypto (notes,
+    or warnings with --verify). The exit code is the worst status.
     """
     fmt = output_format(as_json=as_json, chosen=chosen_format)
     if pem and fmt != "text":
@@ -95,6 +185,9 @@ def probe(
         raise UsageError(f"--pem and {given} exclude each other")
     if output_path is not None:
         output_file.check_writable(output_path)
+    policy, ca_path = judging_policy(
+        warn_days=warn_days, crit_days=crit_days, verify=verify, ca_file=ca_file
+    )
     setup_logging(level="warning")
     parsed = [parse_target(text, starttls=starttls) for text in targets]
     sni = None
@@ -110,8 +203,7 @@ def probe(
         family=address_family(ipv4=ipv4, ipv6=ipv6),
         servername=sni,
     )
-    results = run_probes(parsed, probe_settings, concurrency=settings.DEFAULT_CONCURRENCY)
-    now = datetime.now(UTC)
-    text = _pem_text(results) if pem else format_results(results, fmt=fmt, now=now)
-    emit(text, output_path)
-    return int(probe_exit_code(results, Thresholds(warn_days, crit_days), now))
+    return judged_run(
+        parsed, probe_settings, concurrency=settings.DEFAULT_CONCURRENCY, policy=policy,
+        ca_file=ca_path, fmt=fmt, output_path=output_path, pem=pem,
+    )  # fmt: skip
