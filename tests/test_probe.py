@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import socket
 import ssl
@@ -19,7 +20,6 @@ from trackssl_agent.certificates import summarize
 from trackssl_agent.probe import ProbeSettings, client_context, probe
 from trackssl_agent.probe_pool import probe_many, start_probes
 from trackssl_agent.results import ErrorKind, ProbeError
-from trackssl_agent.settings import spec
 from trackssl_agent.targets import parse_target
 
 FAST = ProbeSettings(timeout=5)
@@ -361,8 +361,14 @@ def test_server_without_secure_renegotiation(rsa_chain: Chain) -> None:
     assert result.chain == rsa_chain.ders
 
 
-def test_default_concurrency_comes_from_the_settings_table() -> None:
-    """probe_many and start_probes default to the concurrency the settings table declares."""
-    declared = int(spec("concurrency").default)
+def test_the_engine_takes_its_timeout_and_concurrency_from_the_caller() -> None:
+    """The engine has no default of its own for the settings table's timeout and concurrency:
+    probe_many and start_probes need a concurrency and ProbeSettings a timeout, so the table
+    stays their one source (the engine imports no settings)."""
     for function in (probe_many, start_probes):
-        assert inspect.signature(function).parameters["concurrency"].default == declared
+        assert (
+            inspect.signature(function).parameters["concurrency"].default is inspect.Parameter.empty
+        )
+    timeout = next(f for f in dataclasses.fields(ProbeSettings) if f.name == "timeout")
+    assert timeout.default is dataclasses.MISSING
+    assert timeout.default_factory is dataclasses.MISSING

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from trackssl_agent import protocols
+from trackssl_agent import dialogues, protocols, starttls
+from trackssl_agent.dialogues import DIALOGUES
 from trackssl_agent.protocols import PORTS, SCHEMES, Protocol
 from trackssl_agent.targets import parse_target
 
@@ -73,24 +74,36 @@ def test_every_protocol_has_port_scheme_and_dialogue(protocol: Protocol) -> None
     assert all(PORTS[port] is protocol for port in protocol.ports)
     assert protocol.schemes
     assert all(SCHEMES[scheme] == (protocol, port) for scheme, port in protocol.schemes.items())
-    assert callable(protocol.dialogue)
+    assert callable(DIALOGUES[protocol])
     assert protocol.value in protocols.STARTTLS_CHOICES
 
 
 @pytest.mark.parametrize(
-    "row",
-    [((), lambda conn, host: conn), ((1,),), ((1,), "not a dialogue"), ((1,), print, {}, 5)],
+    "row", [(), ((),), ((), {"broken": 1}), ((1,), "not schemes"), ((1,), {}, 5)]
 )
 def test_a_protocol_row_without_its_pieces_cannot_be_declared(row: tuple[Any, ...]) -> None:
-    """Declaring a protocol without ports or a dialogue fails when the table is built."""
+    """Declaring a protocol without ports (or with schemes that are no table) fails when the
+    table is built."""
     # Enum keeps the __new__ that built the members here (3.11+; not in typeshed).
     new_member: Callable[..., Any] = Protocol._new_member_  # type: ignore[attr-defined]
 
-    with pytest.raises(TypeError, match=r"protocol broken: expected \(ports, dialogue"):
+    with pytest.raises(TypeError, match=r"protocol broken: expected \(ports\[, schemes\]\)"):
 
         class Broken(StrEnum):
             __new__ = new_member
             BROKEN = ("broken", *row)
+
+
+@pytest.mark.parametrize("dropped", [Protocol.SMTP, Protocol.MSSQL])
+def test_a_protocol_without_a_dialogue_cannot_be_imported(dropped: Protocol) -> None:
+    """The dialogue table refuses to be built while a protocol of the table has no dialogue
+    (or something that cannot run as one)."""
+    without = {p: d for p, d in DIALOGUES.items() if p is not dropped}
+    with pytest.raises(TypeError, match=f"no dialogue for protocol {dropped.value}$"):
+        dialogues.complete(without)
+    with pytest.raises(TypeError, match=f"no dialogue for protocol {dropped.value}$"):
+        dialogues.complete({**without, dropped: "not a dialogue"})  # type: ignore[dict-item]
+    assert dialogues.complete({**without, dropped: starttls.imap})[dropped] is starttls.imap
 
 
 def test_choices_are_auto_none_and_every_protocol() -> None:

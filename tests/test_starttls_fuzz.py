@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from tests import hostile_servers as hostile
 from trackssl_agent import starttls, tls_records
+from trackssl_agent.dialogues import DIALOGUES
 from trackssl_agent.protocols import Protocol
 from trackssl_agent.starttls_binary import prelogin_options, tds_packets
 from trackssl_agent.transport import Conn, Deadline, DialogueError
@@ -128,7 +129,7 @@ def run_dialogue(protocol: Protocol, chunks: list[bytes]) -> None:
     with _serving(chunks) as sock:
         conn = Conn(sock, Deadline(DEADLINE))
         try:
-            io = starttls.negotiate(protocol, conn, "localhost")
+            io = starttls.negotiate(DIALOGUES[protocol], conn, "localhost")
             for _ in range(4):  # the TLS record reader after the dialogue (TDS for mssql)
                 if not io.recv():
                     break

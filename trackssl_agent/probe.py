@@ -23,12 +23,12 @@ from functools import lru_cache
 from typing import Any
 
 from trackssl_agent import starttls
+from trackssl_agent.dialogues import DIALOGUES
 from trackssl_agent.errors import UsageError
 from trackssl_agent.handshake import Handshake, HandshakeFailure, NotTls, handshake
 from trackssl_agent.log import get_logger
 from trackssl_agent.protocols import Protocol
 from trackssl_agent.results import ErrorKind, ProbeError, ProbeResult
-from trackssl_agent.settings import DEFAULT_TIMEOUT
 from trackssl_agent.targets import Target
 from trackssl_agent.transport import Conn, Deadline, DialogueError, RecordIO
 
@@ -45,8 +45,9 @@ _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errn
 class ProbeSettings:
     """How to probe: the same for every target of one command."""
 
-    timeout: float = DEFAULT_TIMEOUT
-    """One deadline per target for DNS, connect, STARTTLS and handshake."""
+    timeout: float
+    """One deadline per target for DNS, connect, STARTTLS and handshake (the caller's: the
+    engine takes values, and the default is the settings table's)."""
     family: socket.AddressFamily = socket.AF_UNSPEC
     """AF_INET for ``-4``, AF_INET6 for ``-6``."""
     servername: str | None = None
@@ -186,7 +187,7 @@ def _connect(addresses: list[AddrInfo], deadline: Deadline) -> tuple[socket.sock
 def start_tls(target: Target, protocol: Protocol, conn: Conn, host: str) -> RecordIO | ProbeError:
     """The STARTTLS stage: the pipe the handshake runs over, or why the dialogue failed."""
     try:
-        return starttls.negotiate(protocol, conn, host)
+        return starttls.negotiate(DIALOGUES[protocol], conn, host)
     except DialogueError as exc:
         return ProbeError(ErrorKind.STARTTLS, f"{target.endpoint}: {exc}")
     except OSError as exc:

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Iterator, Sized
 
 from trackssl_agent.probe import ProbeSettings, client_context, probe
 from trackssl_agent.results import ProbeResult
-from trackssl_agent.settings import DEFAULT_CONCURRENCY
 from trackssl_agent.targets import Target
 
 WAITING = 1024
@@ -24,7 +23,7 @@ def probe_many(
     targets: Iterable[Target],
     settings: ProbeSettings,
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int,
     stop: threading.Event | None = None,
     waiting: int = WAITING,
 ) -> Iterator[tuple[int, ProbeResult]]:
@@ -82,7 +81,7 @@ def start_probes(
     targets: Iterable[Target],
     settings: ProbeSettings,
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int,
     stop: threading.Event | None = None,
     waiting: int = WAITING,
 ) -> Probes:

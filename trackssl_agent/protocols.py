@@ -1,9 +1,11 @@
-"""The STARTTLS protocol table: each protocol with its well-known ports, the URL schemes that
-pick it and its dialogue, in one row; the scheme and port tables are derived from it.
+"""The STARTTLS protocol table: each protocol with its well-known ports and the URL schemes
+that pick it, in one row; the scheme and port tables are derived from it.
 
-Adding a protocol is adding a member here (its dialogue in ``starttls`` or
-``starttls_binary``) plus a test against a real server: a member cannot be declared
-without a port, a scheme and a dialogue.
+The table is data: which dialogue runs for a protocol is the engine's (``dialogues``), so
+that the dialogues can name a protocol without importing one another in a circle. Adding a
+protocol is adding a member here, its dialogue in ``starttls`` or ``starttls_binary`` and a
+row in ``dialogues.DIALOGUES``, plus a test against a real server: a member cannot be
+declared without a port and a scheme, nor imported without a dialogue.
 """
 
 from __future__ import annotations
@@ -13,15 +15,12 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from trackssl_agent import starttls, starttls_binary
-from trackssl_agent.starttls import Dialogue
-
 
 class Protocol(StrEnum):
     """A plaintext dialogue that leads to TLS on the same connection.
 
-    Each member is ``name, well-known ports (the first is its scheme's default), dialogue``,
-    plus other schemes when the protocol has more than the one named like it.
+    Each member is ``name, well-known ports (the first is its scheme's default)``, plus
+    other schemes when the protocol has more than the one named like it.
     """
 
     _value_: str
@@ -29,35 +28,35 @@ class Protocol(StrEnum):
     """Plaintext ports that select this dialogue under ``--starttls auto`` (SPEC section 2)."""
     schemes: Mapping[str, int]
     """URL schemes that select this dialogue, each with its default port."""
-    dialogue: Dialogue
 
     def __new__(cls, value: str, *row: Any) -> Protocol:
         # ``*row`` rather than named parameters: mypy would then demand them of the lookup
-        # ``Protocol("smtp")`` too, which Enum routes elsewhere. A member without ports or a
-        # dialogue fails here, when the module is imported.
-        if len(row) not in {2, 3} or not row[0] or not callable(row[1]):
-            raise TypeError(f"protocol {value}: expected (ports, dialogue[, schemes])")
+        # ``Protocol("smtp")`` too, which Enum routes elsewhere. A member without ports (or
+        # with schemes that are not a mapping) fails here, when the module is imported.
+        well_known = tuple(row[0]) if row else ()
+        by_scheme = row[1] if len(row) == 2 else {value: well_known[0]} if well_known else None
+        if len(row) > 2 or not well_known or not isinstance(by_scheme, Mapping):
+            raise TypeError(f"protocol {value}: expected (ports[, schemes])")
         member = str.__new__(cls, value)
         member._value_ = value
-        member.ports = tuple(row[0])
-        member.dialogue = row[1]
-        member.schemes = MappingProxyType(dict(row[2] if len(row) == 3 else {value: row[0][0]}))
+        member.ports = well_known
+        member.schemes = MappingProxyType(dict(by_scheme))
         return member
 
-    SMTP = "smtp", (25, 587), starttls.smtp, {"smtp": 25, "submission": 587}
-    LMTP = "lmtp", (24,), starttls.lmtp
-    IMAP = "imap", (143,), starttls.imap
-    POP3 = "pop3", (110,), starttls.pop3
-    FTP = "ftp", (21,), starttls.ftp
-    LDAP = "ldap", (389,), starttls_binary.ldap
-    XMPP = "xmpp", (5222,), starttls.xmpp
-    XMPP_SERVER = "xmpp-server", (5269,), starttls.xmpp_server
-    NNTP = "nntp", (119,), starttls.nntp
-    SIEVE = "sieve", (4190,), starttls.sieve
-    POSTGRES = "postgres", (5432,), starttls_binary.postgres
-    MYSQL = "mysql", (3306,), starttls_binary.mysql
-    RDP = "rdp", (3389,), starttls_binary.rdp
-    MSSQL = "mssql", (1433,), starttls_binary.mssql
+    SMTP = "smtp", (25, 587), {"smtp": 25, "submission": 587}
+    LMTP = "lmtp", (24,)
+    IMAP = "imap", (143,)
+    POP3 = "pop3", (110,)
+    FTP = "ftp", (21,)
+    LDAP = "ldap", (389,)
+    XMPP = "xmpp", (5222,)
+    XMPP_SERVER = "xmpp-server", (5269,)
+    NNTP = "nntp", (119,)
+    SIEVE = "sieve", (4190,)
+    POSTGRES = "postgres", (5432,)
+    MYSQL = "mysql", (3306,)
+    RDP = "rdp", (3389,)
+    MSSQL = "mssql", (1433,)
 
 
 DIRECT_SCHEMES: dict[str, int | None] = {

@@ -13,12 +13,8 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from trackssl_agent.transport import Conn, DialogueError, RecordIO, printable
-
-if TYPE_CHECKING:  # protocols imports this module for its dialogues
-    from trackssl_agent.protocols import Protocol
 
 Dialogue = Callable[[Conn, str], RecordIO]
 
@@ -230,8 +226,8 @@ def _xml_attr(value: str) -> str:
     return value.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
 
 
-# The dialogues that are instances rather than functions; ``protocols.Protocol`` pairs each
-# dialogue with its protocol, ports and schemes.
+# The dialogues that are instances rather than functions; ``dialogues.DIALOGUES`` pairs each
+# dialogue with its protocol.
 # RFC 3207: EHLO before STARTTLS; LMTP (RFC 2033) is the same with LHLO.
 smtp = CodedDialogue(greeting=(220,), hello="EHLO", command="STARTTLS", ready=220)
 lmtp = CodedDialogue(greeting=(220,), hello="LHLO", command="STARTTLS", ready=220)
@@ -243,9 +239,10 @@ xmpp = _xmpp("jabber:client")
 xmpp_server = _xmpp("jabber:server")
 
 
-def negotiate(protocol: Protocol, conn: Conn, host: str) -> RecordIO:
-    """Run the dialogue for ``protocol`` on ``conn``; ``host`` is the name the server knows."""
-    io = protocol.dialogue(conn, host)
+def negotiate(dialogue: Dialogue, conn: Conn, host: str) -> RecordIO:
+    """Run ``dialogue`` (a protocol's, from ``dialogues.DIALOGUES``) on ``conn``; ``host`` is
+    the name the server knows."""
+    io = dialogue(conn, host)
     stray = conn.pending()
     if stray:
         # Plaintext queued behind the "go ahead" would be taken for TLS-protected data by
