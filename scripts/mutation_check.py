@@ -214,10 +214,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "exit-crit-days-ignored",
         "a certificate within --crit-days is not CRITICAL",
-        "trackssl_agent/report.py",
-        "    if left < thresholds.crit_days * 86400:",
+        "trackssl_agent/verdict.py",
+        "    if left < policy.crit_days * _DAY:",
         "    if left < 0:",
-        ("tests/test_exit_codes.py", "tests/test_cli_probe.py"),
+        ("tests/test_exit_codes.py", "tests/test_cli_probe.py", "tests/test_verdict.py"),
     ),
     # -- the allow list ----------------------------------------------------------------
     Mutation(

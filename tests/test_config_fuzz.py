@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from trackssl_agent import config
+from trackssl_agent import config, settings
 from trackssl_agent.errors import ConfigError
 
 SECRET = "tsk_fuzz_S3cr3tValue"  # noqa: S105 - a test-only token
@@ -63,7 +63,13 @@ def test_any_value_of_any_key_is_a_config_or_one_error(key: str, value: str) -> 
     except ConfigError as exc:
         assert "\n" not in str(exc)
         assert exc.exit_code == 3
-        if key not in {config.CA_BUNDLE, config.STATE_DIR, config.LOG_FILE, config.ALLOW}:
+        if key not in {
+            config.CA_BUNDLE,
+            settings.CA_FILE,
+            config.STATE_DIR,
+            config.LOG_FILE,
+            config.ALLOW,
+        }:
             assert SECRET not in str(exc)  # only paths and allow-list entries are quoted
     else:
         assert config.MIN_INTERVAL <= cfg.interval <= config.MAX_INTERVAL
