@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from trackssl_agent import config, settings
+from trackssl_agent import config
 from trackssl_agent.errors import ConfigError
+from trackssl_agent.settings import CA_FILE
 
 SECRET = "tsk_fuzz_S3cr3tValue"  # noqa: S105 - a test-only token
 BOUNDED = settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
@@ -65,7 +66,7 @@ def test_any_value_of_any_key_is_a_config_or_one_error(key: str, value: str) -> 
         assert exc.exit_code == 3
         if key not in {
             config.CA_BUNDLE,
-            settings.CA_FILE,
+            CA_FILE,
             config.STATE_DIR,
             config.LOG_FILE,
             config.ALLOW,
