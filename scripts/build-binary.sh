@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the frozen agent with PyInstaller: dist/trackssl-agent (single file) and
 # dist/trackssl-agent-folder/ (folder build), repeatably (fixed hash seed and timestamps),
-# from a fresh clone with nothing but Python 3.11+ and git.
+# from a fresh clone with git and a Python 3.11+ whose shared library is installed
+# (PyInstaller needs it: on Debian and Ubuntu the libpython3.X package beside python3).
 #
 # The build runs in its own virtual environment (.build-venv/, gitignored) holding exactly
 # the pinned runtime and build dependencies of build/requirements-build.txt, checked against

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need from Debian (root): the real TLS and protocol servers they run
-# on loopback, and binutils, which PyInstaller uses to analyse binaries for the frozen tests.
+# on loopback; for the frozen tests, binutils (PyInstaller analyses binaries with it) and
+# libpython3.11, the shared library PyInstaller needs from Debian's python3 (whose own
+# executable is linked statically; a clean runner lacks the library); for the native package
+# tests, rpm (rpmbuild, rpm -qp) and lintian (dpkg-deb is already there).
 # Packaged instances are kept from starting (policy-rc.d) and stopped if they did start, so
 # that the tests can use the well-known ports (389, 5432, ...) themselves.
 set -euo pipefail
@@ -13,7 +16,8 @@ PACKAGES=(
   vsftpd
   prosody
   xrdp
-  binutils
+  binutils libpython3.11
+  rpm lintian
 )
 export DEBIAN_FRONTEND=noninteractive
 created_policy=0

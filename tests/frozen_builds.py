@@ -17,17 +17,24 @@ ONEFILE = ROOT / "dist" / f"trackssl-agent{SUFFIX}"
 FOLDER = ROOT / "dist" / "trackssl-agent-folder" / f"trackssl-agent{SUFFIX}"
 
 
-def newest_source() -> float:
-    """The newest modification time among the files that go into the build."""
-    files = [
+def build_inputs() -> list[Path]:
+    """The files that go into the build: a change to any of them means a new build."""
+    return [
         *ROOT.glob("trackssl_agent/**/*.py"),
         *ROOT.glob("build/hooks/*.py"),
         ROOT / "pyinstaller.spec",
         ROOT / "pyproject.toml",
         ROOT / "build" / "requirements-build.txt",
+        # The Windows version resource (pyinstaller.spec imports it) and the Windows build.
+        ROOT / "build" / "windows" / "version_info.py",
         ROOT / "scripts" / "build-binary.sh",
+        ROOT / "scripts" / "build-binary.ps1",
     ]
-    return max(path.stat().st_mtime for path in files)
+
+
+def newest_source() -> float:
+    """The newest modification time among the files that go into the build."""
+    return max(path.stat().st_mtime for path in build_inputs())
 
 
 def build() -> None:

@@ -32,6 +32,9 @@ PLIST = BUILD / "macos" / "com.trackssl.agent.plist"
 NEWSYSLOG = BUILD / "macos" / "trackssl-agent.newsyslog.conf"
 DOCKER = BUILD / "docker"
 EXE = "/usr/local/bin/trackssl-agent"
+# Where the units let the single file unpack itself: executable on hosts whose /tmp is
+# noexec (CIS) and on Debian and Ubuntu, whose /run is noexec.
+UNPACK_DIR = "/var/cache/trackssl-agent"
 CONFIG = "/etc/trackssl-agent/environment.txt"
 USER = "trackssl-agent"
 
@@ -53,6 +56,7 @@ SYSTEMD_SINCE = {
     "SystemCallErrorNumber": 219, "RestrictAddressFamilies": 219, "ProtectSystem": 219,
     "AmbientCapabilities": 229, "RestrictRealtime": 231, "MemoryDenyWriteExecute": 231,
     "RandomizedDelaySec": 229, "RemoveIPC": 232, "ProtectKernelTunables": 232,
+    "CacheDirectory": 235, "CacheDirectoryMode": 235,
     "ProtectKernelModules": 232, "ProtectControlGroups": 232, "RestrictNamespaces": 233,
     "LockPersonality": 235, "StateDirectory": 235, "StateDirectoryMode": 235,
     "ProtectSystem=strict": 232, "SystemCallFilter=@system-service": 239,
@@ -131,6 +135,19 @@ def one(section: dict[str, list[str]], key: str) -> str:
     return values[0]
 
 
+def environment(section: dict[str, list[str]]) -> dict[str, str]:
+    """The variables a unit's ``Environment=`` lines set (one assignment per line here)."""
+    pairs = [value.partition("=") for value in section.get("Environment", [])]
+    assert all(sep and " " not in value for _key, sep, value in pairs), pairs
+    return {key: value for key, _sep, value in pairs}
+
+
+def powershell_code(script: str) -> str:
+    """A PowerShell script without its comment lines and its <# ... #> help block."""
+    script = re.sub(r"<#.*?#>", "", script, flags=re.DOTALL)
+    return "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+
+
 def needs(key: str, value: str) -> int:
     """The systemd version that ``key=value`` needs (a value may need more than its key)."""
     assert key in SYSTEMD_SINCE, f"{key}: add the systemd version that introduced it"
@@ -207,7 +224,9 @@ def test_task_xml_settings_for_unattended_runs() -> None:
 def test_task_xml_every_four_hours_as_system() -> None:
     """One time trigger repeating every 4 hours forever; the principal is filled in (SYSTEM)."""
     root = task()
-    triggers = list(root.find("t:Triggers", TASK_NS) or [])
+    found = root.find("t:Triggers", TASK_NS)
+    assert found is not None
+    triggers = list(found)
     assert [t.tag.split("}")[1] for t in triggers] == ["TimeTrigger"]
     assert text(root, "t:Triggers/t:TimeTrigger/t:Repetition/t:Interval") == "PT4H"
     assert root.find("t:Triggers/t:TimeTrigger/t:Repetition/t:Duration", TASK_NS) is None
@@ -263,14 +282,15 @@ def test_install_script_start_time_is_culture_invariant() -> None:
 
 
 def test_install_script_accounts_gmsa_and_unattended() -> None:
-    """A gMSA gets LogonType Password without a password; a service account's password comes
-    from -Credential, and without one a non-interactive session fails instead of prompting."""
+    """A gMSA gets LogonType Password without a password, in the definition it is registered
+    with; a service account's password comes from -Credential, and without one a
+    non-interactive session fails instead of prompting."""
     install = INSTALL_PS1.read_text()
     assert re.search(r"^\s*\[pscredential\] \$Credential = \$null,$", install, re.MULTILINE)
     assert "$IsGmsa = (-not $IsSystem) -and $User.EndsWith('$')" in install
     gmsa = install.split("if ($IsGmsa) {\n", 1)[1].split("\n}", 1)[0]
-    assert "New-ScheduledTaskPrincipal -UserId $User -LogonType Password" in gmsa
-    assert "Password" in gmsa and "-Password" not in gmsa
+    assert "<LogonType>Password</LogonType>" in gmsa
+    assert "-Password" not in gmsa
     prompt = install.split("if ($null -eq $Credential) {", 1)[1].split("Get-Credential", 1)[0]
     assert "[Environment]::UserInteractive" in prompt and "throw" in prompt
 
@@ -283,25 +303,107 @@ def test_install_script_protects_the_data_folder() -> None:
     assert "$acl.SetAccessRuleProtection($true, $false)" in private
     assert "New-Object System.Security.AccessControl.DirectorySecurity" in private
     assert "Set-Acl -LiteralPath $path -AclObject $acl" in private
-    assert "/reset /T" in private
+    contents = install.split("function Reset-FolderContents", 1)[1].split("\n}\n", 1)[0]
+    assert "/reset /T" in contents
     assert "Set-PrivateFolder $DataDir" in install
+    assert install.index("\nSet-PrivateFolder $DataDir") < install.index("\nReset-FolderContents")
 
 
 def test_install_script_refuses_a_user_writable_executable_as_system() -> None:
-    """Before registering as SYSTEM, the script checks the executable, its folder and every
-    folder above for writers other than SYSTEM, Administrators and TrustedInstaller."""
+    """Before registering, for every account (SYSTEM, a gMSA, a service account), the script
+    checks the executable, its folder and every folder above for writers other than SYSTEM,
+    Administrators and TrustedInstaller."""
     install = INSTALL_PS1.read_text()
-    assert "if ($IsSystem) { Assert-OnlyAdministratorsCanReplace $exe }" in install
-    assert install.index("Assert-OnlyAdministratorsCanReplace $exe }") < install.index(
-        "Register-ScheduledTask -TaskName"
+    code = powershell_code(install)
+    assert re.search(r"^Assert-OnlyAdministratorsCanReplace \$exe$", code, re.MULTILINE)
+    assert code.index("\nAssert-OnlyAdministratorsCanReplace $exe") < code.index(
+        "Register-ScheduledTask @register"
     )
     check = install.split("function Assert-OnlyAdministratorsCanReplace", 1)[1]
     assert "while ($parent)" in check and "throw" in check
     trusted = install.split("$TrustedSids = @(", 1)[1].split(")", 1)[0]
     sids = set(re.findall(r"'(S-[0-9-]+)'", trusted)) | {"S-1-5-18", "S-1-5-32-544"}
+    if "$TrustedInstallerSid" in trusted:
+        [named] = re.findall(r"^\$TrustedInstallerSid = '(S-[0-9-]+)'$", install, re.MULTILINE)
+        sids.add(named)
     # SYSTEM, Administrators, CREATOR OWNER, TrustedInstaller; never Users or Authenticated Users.
     assert not sids & {"S-1-5-32-545", "S-1-5-11", "S-1-1-0"}
     assert "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464" in sids
+
+
+def test_install_script_takes_the_data_folder_before_trusting_it() -> None:
+    """A data folder that exists must belong to SYSTEM or an administrator (a link is
+    refused); Administrators become its owner before its permissions are set; only then is
+    an existing environment.txt looked at, and kept only if an administrator owns it; the
+    contents get the owner and permissions before the starter file is written."""
+    code = powershell_code(INSTALL_PS1.read_text())
+    main = code.split("\n$config = Join-Path $DataDir 'environment.txt'", 1)[1]
+    steps = [
+        "if (Test-Path -LiteralPath $DataDir) {\n    Assert-AdminOwned $DataDir\n}",
+        "\nSet-AdminOwner $DataDir\n",
+        "\nSet-PrivateFolder $DataDir\n",
+        "\nAssert-NoLinkInside $DataDir\n",
+        "if (Test-Path -LiteralPath $config) {\n    Assert-AdminOwned $config\n}",
+        "\nReset-FolderContents $DataDir\n",
+        "| Set-Content -LiteralPath $config",
+        "Register-ScheduledTask @register",
+    ]
+    positions = [main.index(step) for step in steps]
+    assert positions == sorted(positions), list(zip(steps, positions, strict=True))
+    owner = code.split("function Set-AdminOwner", 1)[1].split("\n}\n", 1)[0]
+    assert (
+        "$acl.SetOwner([System.Security.Principal.SecurityIdentifier] $AdministratorsSid)" in owner
+    )
+    contents = code.split("function Reset-FolderContents", 1)[1].split("\n}\n", 1)[0]
+    assert contents.index("/setowner") < contents.index("/reset")
+    check = code.split("function Assert-AdminOwned", 1)[1].split("\n}\n", 1)[0]
+    assert "ReparsePoint" in check and check.count('throw ("refusing to use ${path}:') == 3
+    assert "$owner -notin (Get-AdminOwnerSids)" in check
+    owners = code.split("function Get-AdminOwnerSids", 1)[1].split("\n}\n", 1)[0]
+    assert "Get-LocalGroupMember -SID $AdministratorsSid" in owners
+    # Never Users, Authenticated Users or Everyone among the accepted owners.
+    assert not re.search(r"S-1-5-32-545|S-1-5-11|S-1-1-0", owners)
+
+
+def test_install_script_registers_once_with_the_final_principal() -> None:
+    """The task is registered exactly once, with the account it will run as (a gMSA in the
+    definition itself), never as SYSTEM first and changed after; a failed registration
+    removes a task that this run created."""
+    code = powershell_code(INSTALL_PS1.read_text())
+    assert code.count("Register-ScheduledTask") == 1
+    assert "Set-ScheduledTask" not in code and "New-ScheduledTaskPrincipal" not in code
+    assert "'__USER__'     = $User\n" in code
+    register = code.split("$existed = ", 1)[1]
+    assert "try {\n    Register-ScheduledTask @register | Out-Null\n} catch {" in register
+    failure = register.split("} catch {", 1)[1].split("\n}\n", 1)[0]
+    assert "if (-not $existed -and (Get-ScheduledTask -TaskName $TaskName" in failure
+    assert "Unregister-ScheduledTask -TaskName $TaskName -Confirm:$false" in failure
+    assert "throw " in failure
+
+
+def test_task_xml_for_a_gmsa_is_valid_with_its_logon_type() -> None:
+    """The template filled as the script fills it for a gMSA: one principal, the gMSA with
+    LogonType Password, in the schema's order, and no password anywhere."""
+    install = INSTALL_PS1.read_text()
+    [insertion] = re.findall(r"\$xml = \$xml\.Replace\('</UserId>', \"([^\"]+)\"\)", install)
+    xml = TASK_XML.read_text()
+    for key, value in {
+        "__EXE__": r"C:\Program Files\TrackSSL\trackssl-agent.exe",
+        "__CONFIG__": r"C:\ProgramData\TrackSSL\environment.txt",
+        "__LOG_FILE__": r"C:\ProgramData\TrackSSL\logs\trackssl-agent.log",
+        "__WORKDIR__": r"C:\ProgramData\TrackSSL",
+        "__USER__": "CORP\\svc-trackssl$",
+        "__START__": "2026-11-27T00:00:00",
+    }.items():
+        xml = xml.replace(key, value)
+    xml = xml.replace("</UserId>", insertion.replace("`r`n", "\r\n"))
+    root = ET.fromstring(xml.encode())  # noqa: S314 - our own template, filled here
+    [principal] = root.findall("t:Principals/t:Principal", TASK_NS)
+    children = [child.tag.split("}")[1] for child in principal]
+    assert children == ["UserId", "LogonType", "RunLevel"]
+    assert text(root, "t:Principals/t:Principal/t:UserId") == "CORP\\svc-trackssl$"
+    assert text(root, "t:Principals/t:Principal/t:LogonType") == "Password"
+    assert "<Password>" not in xml
 
 
 # --- systemd ------------------------------------------------------------------------------
@@ -353,7 +455,25 @@ def test_systemd_units_let_the_agent_read_its_own_file() -> None:
         service = unit(name)["Service"]
         assert "EnvironmentFile" not in service, name
         assert one(service, "ExecStart").endswith(f" --config {CONFIG}"), name
-        assert one(service, "Environment") == "TRACKSSL_STATE_DIR=%S/trackssl-agent", name
+        assert environment(service) == {
+            "TRACKSSL_STATE_DIR": "%S/trackssl-agent",
+            "TMPDIR": UNPACK_DIR,
+        }, name
+
+
+def test_units_unpack_the_single_file_in_an_executable_cache_dir() -> None:
+    """Every service gives the single file a folder of its own to unpack into: TMPDIR in its
+    CacheDirectory= under /var/cache (0700), outside /tmp, /var/tmp, /dev/shm and /run,
+    which hardened hosts (and Debian's /run) mount noexec."""
+    for name in (*SERVICES, "trackssl-agent-textfile.service"):
+        service = unit(name)["Service"]
+        tmpdir = environment(service)["TMPDIR"]
+        assert tmpdir == UNPACK_DIR, name
+        assert one(service, "CacheDirectory") == "trackssl-agent", name
+        assert one(service, "CacheDirectoryMode") == "0700", name
+        assert f"/var/cache/{one(service, 'CacheDirectory')}" == tmpdir, name
+        assert not tmpdir.startswith(("/tmp/", "/var/tmp/", "/dev/shm/", "/run/")), name
+        assert "RuntimeDirectory" not in service, name
 
 
 def test_unit_command_reads_the_file_and_keeps_the_state_dir(tmp_path: Path) -> None:
@@ -371,13 +491,13 @@ def test_unit_command_reads_the_file_and_keeps_the_state_dir(tmp_path: Path) -> 
     config.chmod(0o600)
     state_root = tmp_path / "var-lib"  # what %S expands to (/var/lib for system units)
     service = unit("trackssl-agent.service")["Service"]
-    key, _, value = one(service, "Environment").partition("=")
+    value = environment(service)["TRACKSSL_STATE_DIR"]
     env = {
         name: val
         for name, val in os.environ.items()
         if not name.startswith("TRACKSSL_") and not name.startswith("_TRACKSSL_")
     }
-    env[key] = value.replace("%S", str(state_root))
+    env["TRACKSSL_STATE_DIR"] = value.replace("%S", str(state_root))
     # The unit's command with `config` (which prints the effective values) in place of `run`.
     argv = one(service, "ExecStart").split()
     assert argv[:2] == [EXE, "run"]
@@ -574,14 +694,54 @@ def test_dockerfile_runs_the_daemon_as_non_root() -> None:
     assert "STOPSIGNAL SIGTERM" in instructions
 
 
+DEBIAN_RELEASES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+
+
 def test_dockerfile_base_image_is_pinned_by_digest() -> None:
-    """Every FROM resolves to python:3.12-slim pinned by a sha256 digest."""
+    """Every FROM resolves to a python:3.12-slim tag that names its Debian release, pinned
+    by a sha256 digest; the Dockerfile, the README and the workflow's check of the built
+    image all name that release."""
     instructions = dockerfile()
     [arg] = [line for line in instructions if line.startswith("ARG PYTHON_IMAGE=")]
     image = arg.split("=", 1)[1]
-    assert re.fullmatch(r"python:3\.12-slim@sha256:[0-9a-f]{64}", image), image
+    match = re.fullmatch(r"python:3\.12-slim-(\w+)@sha256:[0-9a-f]{64}", image)
+    assert match and match.group(1) in DEBIAN_RELEASES, image
+    release = DEBIAN_RELEASES[match.group(1)]
     froms = [line.split()[1] for line in instructions if line.startswith("FROM ")]
     assert froms and all(name == "${PYTHON_IMAGE}" for name in froms), froms
+    header = (DOCKER / "Dockerfile").read_text().split("ARG PYTHON_IMAGE", 1)[0]
+    readme = (ROOT / "README.md").read_text().split("### Docker", 1)[1].split("###", 1)[0]
+    for text_ in (header, readme):
+        assert f"python:3.12-slim-{match.group(1)}" in text_
+        assert re.findall(r"Debian \d+", text_) == [release]
+    build_yml = (ROOT / ".github" / "workflows" / "build.yml").read_text()
+    assert f"/etc/debian_version | grep -q '^{release.split()[1]}\\.'" in build_yml
+
+
+def test_dockerfile_installs_the_hashed_lock() -> None:
+    """The image's dependencies are the lock's wheels, each checked against its hash, and
+    the agent is built without resolving anything else (no dependency from the index)."""
+    instructions = dockerfile()
+    runs = [line for line in instructions if line.startswith("RUN ")]
+    download = next(line for line in runs if "pip download" in line)
+    for flag in ("--require-hashes", "--only-binary :all:", "-r requirements-build.txt"):
+        assert flag in download, flag
+    assert "COPY build/requirements-build.txt ./" in instructions
+    wheel = next(line for line in runs if "pip wheel" in line)
+    assert "--no-deps" in wheel and "--no-build-isolation" in wheel
+    installs = [part for line in runs for part in line.split("&&") if "pip install" in part]
+    assert installs and all("--no-index" in part for part in installs), installs
+
+
+def test_compose_token_file_is_gitignored(tmp_path: Path) -> None:
+    """build/docker/environment.txt, where the compose file's tokens go, is never committed."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", "build/docker/environment.txt"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, "build/docker/environment.txt is not gitignored"
 
 
 def test_container_stop_grace_and_restart_policy() -> None:
@@ -642,6 +802,151 @@ def test_spec_adds_the_version_resource_on_windows_only() -> None:
     block = spec.split('if sys.platform == "win32":\n', 1)[1].split("\ncommon = dict(", 1)[0]
     assert "version_info.write(" in block
     assert "version=version_file," in spec.split("common = dict(", 1)[1].split("\n)", 1)[0]
+
+
+# --- CI and release ---------------------------------------------------------------------
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+
+
+def shell_words(command: str) -> list[str]:
+    """The words of a shell command with its line continuations joined."""
+    return command.replace("\\\n", " ").split()
+
+
+def test_clean_runner_installs_the_shared_libpython() -> None:
+    """The CI test job (Debian 12's python3) and the README's test command install
+    libpython3.11: PyInstaller needs Debian's shared libpython, which a clean runner lacks."""
+    ci = (WORKFLOWS / "ci.yml").read_text()
+    test_job = ci.split("\n  test:\n", 1)[1].split("\n  packaging-systemd-239:", 1)[0]
+    assert "container: debian:12" in test_job
+    [install] = re.findall(r"apt-get install ((?:\\\n|[^\n])+)", test_job)
+    assert "libpython3.11" in shell_words(install)
+    servers = (ROOT / "scripts" / "install-servers.sh").read_text()
+    packages = servers.split("PACKAGES=(", 1)[1].split(")", 1)[0]
+    assert "libpython3.11" in packages.split()
+    # The tools the native package tests use (dpkg-deb comes with dpkg).
+    assert {"rpm", "lintian"} <= set(packages.split())
+
+
+def test_workflows_pin_actions_by_commit_and_python_by_patch() -> None:
+    """Every action is pinned by a full commit SHA (its tag in a comment); the build
+    interpreter by its patch release, and uv by its version."""
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for action in re.findall(r"uses: (\S+)", path.read_text()):
+            if action.startswith("./"):
+                continue
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), f"{path.name}: {action}"
+    build = (WORKFLOWS / "build.yml").read_text()
+    assert re.search(r'^  PYTHON_VERSION: "3\.\d+\.\d+"$', build, re.MULTILINE)
+    assert re.search(r'^  UV_VERSION: "\d+\.\d+\.\d+"$', build, re.MULTILINE)
+    assert 'pip install --quiet "uv==$UV_VERSION"' in build
+    assert build.count("python-version: ${{ env.PYTHON_VERSION }}") == 2  # macOS, Windows
+    assert '"$uv" python install "$PYTHON_VERSION"' in build
+
+
+def test_release_asks_each_binary_which_openssl_it_uses() -> None:
+    """Each platform's job asks both builds (--version --verbose) which OpenSSL their ssl
+    module uses and which Python they carry, instead of looking for any OpenSSL string."""
+    build = (WORKFLOWS / "build.yml").read_text()
+    assert "grep -rqaE" not in build
+    jobs = {}
+    for job in ("linux", "macos", "windows"):
+        body = build.split(f"\n  {job}:\n", 1)[1]
+        body = re.split(r"\n  [a-z]+:\n", body, maxsplit=1)[0]
+        jobs[job] = body
+        assert "--version --verbose" in body, job
+        assert "openssl OpenSSL 3\\." in body, job
+        assert "python $PYTHON_VERSION (CPython)" in body or (
+            "python $env:PYTHON_VERSION (CPython)" in body
+        ), job
+    assert "trackssl-agent-folder" in jobs["windows"].split("--version --verbose", 1)[0]
+
+
+def test_release_builds_lints_and_installs_the_packages() -> None:
+    """Each Linux architecture's single file goes into a .deb and an .rpm, built from
+    build/packages/; lintian may find no error; the .deb is installed, run and purged by
+    tests/test_native_packages.py; the packages are uploaded with the other files."""
+    build = (WORKFLOWS / "build.yml").read_text()
+    job = build.split("\n  packages:\n", 1)[1].split("\n  docker:\n", 1)[0]
+    assert "needs: linux" in job
+    assert "scripts/build-packages.py --binary" in job
+    assert "lintian --fail-on error" in job and "rpmlint" in job
+    assert "pytest -p no:cacheprovider tests/test_native_packages.py" in job
+    assert {"x86_64", "aarch64"} <= set(re.findall(r"arch: (\w+)", job))
+    assert "name: packages-${{ matrix.arch }}" in job
+    release = (WORKFLOWS / "release.yml").read_text()
+    assert "merge-multiple: true" in release
+
+
+# --- README ---------------------------------------------------------------------------------
+
+
+def readme_blocks() -> list[str]:
+    """The README's fenced sh code blocks."""
+    return re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+
+
+def test_readme_commands_work_where_they_are_meant_to_run() -> None:
+    """sudo -u names the full path (RHEL's secure_path lacks /usr/local/bin); PowerShell
+    scripts run with -ExecutionPolicy Bypass (Restricted is the default); the Mac install
+    makes /usr/local/bin first; uninstall blocks do not fail on what is not installed."""
+    readme = (ROOT / "README.md").read_text()
+    for match in re.finditer(r"sudo -u \S+ (?:env (?:\S+=\S+ )+)?(\S+)", readme):
+        assert match.group(1).startswith("/"), match.group(0)
+    for line in readme.splitlines():
+        if re.search(r"powershell(\.exe)? .*-File", line):
+            assert "-ExecutionPolicy Bypass" in line, line
+        if re.search(r"(^|`)\.\\\S+\.ps1", line):
+            raise AssertionError(f"a script started without -ExecutionPolicy Bypass: {line}")
+    mac = readme.split("### macOS", 1)[1].split("### Windows", 1)[0]
+    install = mac.index("install -m 0755 trackssl-agent-macos-arm64 /usr/local/bin/")
+    assert "install -d -m 0755 /usr/local/bin" in mac[:install]
+    for section in ("### Linux", "### macOS"):
+        text_ = readme.split(section, 1)[1].split("\n### ", 1)[0]
+        block = text_.split("Uninstall", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+        for line in block.splitlines():
+            words = line.split()
+            if "rm" in words:
+                assert "-f" in words or "-rf" in words, line
+            if ("systemctl" in words and "disable" in words) or "bootout" in words:
+                assert "|| true" in line, line
+
+
+def test_readme_install_section_starts_with_the_packages() -> None:
+    """Linux: the .deb and .rpm first, then the bare binary; the file names the release
+    publishes are those build-packages.py writes."""
+    linux = (ROOT / "README.md").read_text().split("### Linux", 1)[1].split("\n### ", 1)[0]
+    assert linux.index(".deb") < linux.index("**The single file.**")
+    assert linux.index(".rpm") < linux.index("**The single file.**")
+    script = (ROOT / "scripts" / "build-packages.py").read_text()
+    assert "f\"{pkg['name']}_{pkg.deb_arch}.deb\"" in script
+    assert '"%{NAME}.%{ARCH}.rpm"' in script
+    for name in ("trackssl-agent_amd64.deb", "trackssl-agent.x86_64.rpm"):
+        assert f'"$base/{name}"' in linux
+
+
+def test_scripts_named_in_the_docs_exist() -> None:
+    """Every scripts/... file that the README and the CHANGELOG name is in the repository."""
+    for doc in ("README.md", "CHANGELOG.md"):
+        named = set(re.findall(r"scripts/[\w.-]+\.(?:py|sh|ps1)", (ROOT / doc).read_text()))
+        missing = sorted(name for name in named if not (ROOT / name).exists())
+        assert missing == [], f"{doc}: {missing}"
+
+
+def test_frozen_build_inputs_cover_every_build_file() -> None:
+    """The frozen tests rebuild when any file the build reads changes: the package, the
+    hooks, the Windows version resource, the spec, the lock and both build scripts."""
+    from tests.frozen_builds import build_inputs  # noqa: PLC0415 - the helper under test
+
+    inputs = {path.relative_to(ROOT).as_posix() for path in build_inputs()}
+    expected = {
+        "pyinstaller.spec", "pyproject.toml", "build/requirements-build.txt",
+        "build/windows/version_info.py", "scripts/build-binary.sh", "scripts/build-binary.ps1",
+        *(path.relative_to(ROOT).as_posix() for path in (BUILD / "hooks").glob("*.py")),
+        "trackssl_agent/cli/table.py",
+    }  # fmt: skip
+    assert expected <= inputs, sorted(expected - inputs)
 
 
 # --- links ----------------------------------------------------------------------------------

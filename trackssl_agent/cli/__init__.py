@@ -13,7 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from trackssl_agent.cli.table import VERSION_LINE, render_group_help
+from trackssl_agent.cli.table import (
+    VERBOSE_FLAGS,
+    VERSION_LINE,
+    render_group_help,
+    version_report,
+)
 from trackssl_agent.errors import AgentError, ExitCode
 
 
@@ -34,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         # What click's version option prints, without click's imports: the line a support
         # request quotes, and what wrappers run to check an install.
         print(VERSION_LINE)
+        sys.exit(ExitCode.OK)
+    if len(args) == 2 and "--version" in args and set(args) - {"--version"} <= VERBOSE_FLAGS:
+        # --version --verbose: which Python and OpenSSL this copy runs on, still without a
+        # configuration or click (a release check asks the frozen build this).
+        sys.stdout.write(version_report())
         sys.exit(ExitCode.OK)
     if args in (["--help"], ["-h"]):
         import shutil  # noqa: PLC0415 - only here

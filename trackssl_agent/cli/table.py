@@ -6,6 +6,7 @@ venv, over 100 ms in the frozen builds). ``render_group_help`` writes what click
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -14,6 +15,9 @@ from trackssl_agent import __version__
 
 VERSION_LINE = f"trackssl-agent {__version__}"
 """``--version``'s output (SPEC section 2); the group's version option prints the same."""
+
+VERBOSE_FLAGS = frozenset({"--verbose", "-v"})
+"""With ``--version``, either asks for ``version_report``."""
 
 GROUP_HELP = "Watch the TLS certificates of servers inside a private network for TrackSSL."
 """The group's description in ``--help``."""
@@ -64,6 +68,39 @@ COMMANDS: dict[str, Entry] = {
     ),
 }  # fmt: skip
 """The commands, by name. Adding a command is one entry here and its module."""
+
+
+def version_report() -> str:
+    """``--version --verbose``: the version line, then the interpreter, the OpenSSL that the
+    ``ssl`` module uses, the platform and the build form, one ``name value`` line each. It
+    needs no configuration and no click: release checks ask a frozen build which OpenSSL it
+    carries, and a support request quotes it."""
+    import platform  # noqa: PLC0415 - only here, --version alone stays fast
+    import ssl  # noqa: PLC0415
+
+    lines = [
+        VERSION_LINE,
+        f"python {platform.python_version()} ({platform.python_implementation()})",
+        f"openssl {ssl.OPENSSL_VERSION}",
+        f"platform {platform.platform()} ({platform.machine()})",
+        f"build {_build_form()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _build_form() -> str:
+    """How this copy runs: a Python package, or a PyInstaller single file or folder build
+    (told apart as ``doctor``'s engine line does: the bundle beside the executable is a
+    folder build, one elsewhere was unpacked by a single file)."""
+    if not getattr(sys, "frozen", False):
+        return f"Python package in {sys.prefix}"
+    from pathlib import Path  # noqa: PLC0415
+
+    meipass = getattr(sys, "_MEIPASS", None)
+    exe_dir = Path(sys.executable).resolve().parent
+    if meipass is None or Path(meipass).resolve() in (exe_dir, exe_dir / "_internal"):
+        return "folder"
+    return "single file"
 
 
 def render_group_help(columns: int) -> str | None:
