@@ -24,15 +24,22 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, captured.out, captured.err
 
 
-FOREIGN_PREFIXES = ("TRACKSSL_", "_TRACKSSL", "SSL_CERT_", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-"""Variables of the runner that would steer an agent: its settings, the test hook, CA bundles."""
+CA_BUNDLES = ("SSL_CERT_", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+SETTINGS = ("TRACKSSL_", "_TRACKSSL")
+"""The agent's settings and its test hook."""
+
+
+def steers_connections(name: str) -> bool:
+    """Whether the runner's variable ``name`` redirects or re-trusts HTTP connections: a
+    proxy (urllib reads any ``*_proxy``, in any case, lower case first) or a CA bundle. A
+    runner's proxy would carry the requests to the loopback API away; no test wants one."""
+    return name.lower().endswith("_proxy") or name.upper().startswith(CA_BUNDLES)
 
 
 def foreign(name: str) -> bool:
-    """Whether the runner's variable ``name`` must not reach a test's agent: a setting, a CA
-    bundle, or a proxy (urllib reads any ``*_proxy`` in any case; a runner's proxy would
-    carry the agent's requests to the loopback API away)."""
-    return name.upper().startswith(FOREIGN_PREFIXES) or name.lower().endswith("_proxy")
+    """Whether the runner's variable ``name`` must not reach a test's agent: one that
+    ``steers_connections`` or one of the agent's own settings."""
+    return steers_connections(name) or name.upper().startswith(SETTINGS)
 
 
 def agent_environ(**extra: str) -> dict[str, str]:

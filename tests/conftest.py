@@ -11,7 +11,7 @@ import pytest
 
 from tests.api_server import ApiServer
 from tests.certs import Chain, make_chain
-from tests.cli_helpers import foreign
+from tests.cli_helpers import foreign, steers_connections
 from tests.shared_dirs import remove_session_dir
 from tests.tls_servers import TcpServer, server_context, silent_server, tls_server
 from trackssl_agent.log import LOGGER_NAME
@@ -22,6 +22,15 @@ def _shared_dirs() -> Iterator[None]:
     """The session's folder for other users (``tests.shared_dirs``) goes with the session."""
     yield
     remove_session_dir()
+
+
+@pytest.fixture(autouse=True)
+def _no_runner_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test, nor any process it starts, sees the runner's proxy or CA bundle variables
+    (``steers_connections``); a test that wants a proxy sets its own."""
+    for name in list(os.environ):
+        if steers_connections(name):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

@@ -59,10 +59,18 @@ def workdir(prefix: str) -> Iterator[Path]:
     """A fresh dir outside pytest's 0700 tmp tree and $TMPDIR, so a server's own user can
     reach it (``shared_dir``)."""
     path = shared_dir(prefix)
+    (path / "tmp").mkdir()
+    (path / "tmp").chmod(0o1777)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def server_environ(root: Path) -> dict[str, str]:
+    """This process's environment with $TMPDIR in the server's ``workdir``: the runner's
+    may be private (0700), and InnoDB, for one, writes its temporary files there."""
+    return {**os.environ, "TMPDIR": str(root / "tmp")}
 
 
 def chown_tree(path: Path, user: str) -> None:
@@ -150,7 +158,8 @@ def process(
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, cwd=log.parent,  # a dir the server's user can enter
+                env=server_environ(log.parent),
             )  # fmt: skip
         try:
             wait_ports(proc, ports, log)
@@ -213,7 +222,7 @@ def postgres() -> Iterator[Running]:
         subprocess.run(
             ["runuser", "-u", "postgres", "--", initdb, "-D", str(data), "-U", "postgres",
              "-A", "trust", "--no-sync", "--no-instructions"],
-            check=True, capture_output=True,
+            check=True, capture_output=True, cwd=root, env=server_environ(root),
         )  # fmt: skip
 
         def command(ports: list[int]) -> list[str]:
@@ -246,7 +255,7 @@ def mariadb() -> Iterator[Running]:
         subprocess.run(
             [installer, "--no-defaults", f"--datadir={data}", "--user=mysql",
              "--auth-root-authentication-method=normal", "--skip-test-db"],
-            check=True, capture_output=True,
+            check=True, capture_output=True, cwd=root, env=server_environ(root),
         )  # fmt: skip
 
         def command(ports: list[int]) -> list[str]:

@@ -332,6 +332,7 @@ def test_token_appears_nowhere(
     log_file = tmp_path / "logs" / "agent.log"
     conf = tmp_path / "environment.txt"
     conf.write_text(f"TRACKSSL_AUTH_TOKEN={AUTH_TOKEN}\nTRACKSSL_TIMEOTU=3\n")
+    conf.chmod(0o644)  # readable by others, whatever the umask: the warning must not quote it
     env = subprocess_env(api_server, state, TRACKSSL_CONFIG=str(conf))
     del env["TRACKSSL_AUTH_TOKEN"]
     outputs: list[str] = []

@@ -258,7 +258,7 @@ def test_probe_many_yields_every_target_with_index(
 ) -> None:
     """probe_many returns one result per target, tagged with its input index."""
     targets = [parse_target(rsa_server.endpoint) for _ in range(20)]
-    targets.insert(7, parse_target("127.0.0.1:1"))
+    targets.insert(7, parse_target(f"127.0.0.1:{closed_port()}"))
     seen = dict(probe_many(targets, FAST, concurrency=4))
     assert sorted(seen) == list(range(21))
     assert not seen[7].ok
