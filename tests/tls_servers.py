@@ -251,9 +251,9 @@ class CommandServer:
                 failures.append(str(exc))
                 self.close()
                 continue
+            self.close()  # first: its stderr ends only once it is gone
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            self.close()
-            failures.append(f"exited: {err}")
+            failures.append(f"did not listen: {err}")
         raise RuntimeError(f"{name} did not start: {failures}")
 
     def _listening(self) -> bool:
