@@ -4,8 +4,14 @@
 # libpython3.11, the shared library PyInstaller needs from Debian's python3 (whose own
 # executable is linked statically; a clean runner lacks the library); for the native package
 # tests, rpm (rpmbuild, rpm -qp) and lintian (dpkg-deb is already there).
-# Packaged instances are kept from starting (policy-rc.d) and stopped if they did start, so
-# that the tests can use the well-known ports (389, 5432, ...) themselves.
+#
+# It never stops, restarts or signals a process: the tests run their own instances of these
+# servers, on ports and in folders of their own, ended by pid, so packaged instances may keep
+# running beside them. Packages already installed are left alone (no apt-get run at all);
+# while missing ones are installed, policy-rc.d keeps their services from starting.
+#
+#   install-servers.sh          install the missing packages
+#   install-servers.sh --list   print the package names, install nothing
 set -euo pipefail
 PACKAGES=(
   openssl gnutls-bin
@@ -19,18 +25,26 @@ PACKAGES=(
   binutils libpython3.11
   rpm lintian
 )
+if [ "${1:-}" = --list ]; then
+  echo "${PACKAGES[*]}"
+  exit 0
+fi
+missing=()
+for package in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+  if [ "$status" != installed ]; then missing+=("$package"); fi
+done
+if [ "${#missing[@]}" = 0 ]; then
+  echo "install-servers.sh: every Debian package the tests need is installed"
+  exit 0
+fi
+echo "install-servers.sh: installing with apt-get: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-created_policy=0
 if [ ! -e /usr/sbin/policy-rc.d ]; then
+  # 101: "action forbidden"; the packages' scripts then leave their services stopped.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
   chmod +x /usr/sbin/policy-rc.d
-  created_policy=1
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 apt-get update -q
-apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
-if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-for service in slapd postgresql mariadb dovecot vsftpd prosody xrdp xrdp-sesman; do
-  service "$service" stop >/dev/null 2>&1 || true
-done
-pkill -x slapd || true
-pkill -x prosody || true
+apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -3,12 +3,11 @@ and optionally its peak resident memory."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import PROXY_VARIABLES
+from tests.cli_helpers import agent_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,13 +30,7 @@ replaced at ``exec`` (the test process, with everything it imported)."""
 
 def child_env(state: Path, **extra: str) -> dict[str, str]:
     """The runner's environment without any TRACKSSL_ or proxy variable, plus ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TRACKSSL_") and k not in PROXY_VARIABLES
-    }
-    env.update({"PYTHONPATH": str(ROOT), "TRACKSSL_STATE_DIR": str(state), **extra})
-    return env
+    return agent_environ(PYTHONPATH=str(ROOT), TRACKSSL_STATE_DIR=str(state), **extra)
 
 
 def run_agent(

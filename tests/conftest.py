@@ -11,9 +11,27 @@ import pytest
 
 from tests.api_server import ApiServer
 from tests.certs import Chain, make_chain
+from tests.cli_helpers import foreign, steers_connections
+from tests.shared_dirs import remove_session_dir
 from tests.tls_servers import TcpServer, server_context, silent_server, tls_server
 from tests.verdict_servers import World, running_world
 from trackssl_agent.log import LOGGER_NAME
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_dirs() -> Iterator[None]:
+    """The session's folder for other users (``tests.shared_dirs``) goes with the session."""
+    yield
+    remove_session_dir()
+
+
+@pytest.fixture(autouse=True)
+def _no_runner_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test, nor any process it starts, sees the runner's proxy or CA bundle variables
+    (``steers_connections``); a test that wants a proxy sets its own."""
+    for name in list(os.environ):
+        if steers_connections(name):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)
@@ -27,16 +45,12 @@ def _agent_logging_reset() -> Iterator[None]:
         handler.close()
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                   "all_proxy", "NO_PROXY", "no_proxy")  # fmt: skip
-"""The proxy variables the API client reads; a test's agent must not see the runner's."""
-
-
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No TRACKSSL_ or proxy variable from outside; a fresh working dir and state dir."""
+    """No TRACKSSL_, CA bundle or proxy variable from outside (``foreign``), in this process
+    and the agents it starts; a fresh working dir and state dir."""
     for name in list(os.environ):
-        if name.startswith("TRACKSSL_") or name in PROXY_VARIABLES:
+        if foreign(name):
             monkeypatch.delenv(name)
     work = tmp_path / "work"
     work.mkdir()

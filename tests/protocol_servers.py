@@ -18,9 +18,8 @@ import socket
 import ssl
 import struct
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,15 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 from tests.certs import Chain, make_chain
-from tests.tls_servers import TcpServer, free_port, server_context
+from tests.listeners import PortTaken, own_listeners, unused_ports
+from tests.privileges import need_root
+from tests.shared_dirs import shared_dir
+from tests.tls_servers import TcpServer, server_context
 from trackssl_agent.starttls_binary import parse_prelogin, prelogin_options, tds_packets
 
 READY_TIMEOUT = 30.0
+ATTEMPTS = 5
+"""Starts of a server, each on new ports, before a collision on its ports is a failure."""
 
 
 def need(binary: str) -> str:
@@ -51,14 +55,22 @@ def need(binary: str) -> str:
 
 
 @contextlib.contextmanager
-def workdir(prefix: str, owner: str | None = None) -> Iterator[Path]:
-    """A fresh dir outside pytest's 0700 tmp tree, so a server's own user can reach it."""
-    path = Path(tempfile.mkdtemp(prefix=f"trackssl-{prefix}-"))
-    path.chmod(0o755)
+def workdir(prefix: str) -> Iterator[Path]:
+    """A fresh dir outside pytest's 0700 tmp tree and $TMPDIR, so a server's own user can
+    reach it (``shared_dir``)."""
+    path = shared_dir(prefix)
+    (path / "tmp").mkdir()
+    (path / "tmp").chmod(0o1777)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def server_environ(root: Path) -> dict[str, str]:
+    """This process's environment with $TMPDIR in the server's ``workdir``: the runner's
+    may be private (0700), and InnoDB, for one, writes its temporary files there."""
+    return {**os.environ, "TMPDIR": str(root / "tmp")}
 
 
 def chown_tree(path: Path, user: str) -> None:
@@ -76,24 +88,35 @@ def server_chain(directory: Path, *, user: str | None = None, cn: str = "localho
     return chain
 
 
+class NotListening(Exception):
+    """The server process ended before it listened on all its ports."""
+
+
 def wait_ports(proc: subprocess.Popen[bytes], ports: list[int], log: Path) -> None:
-    """Wait until every port accepts, or fail with the server's log when it exits or hangs."""
+    """Wait until the server (its session) alone listens on every port.
+
+    PortTaken when another process listens on one, NotListening when the server exits
+    first (both stop it; its ports may have been taken meanwhile, so new ones may work);
+    RuntimeError with the server's log when it does not listen in time.
+    """
     deadline = time.monotonic() + READY_TIMEOUT
-    pending = list(ports)
-    while pending and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        try:
+            if own_listeners(proc.pid, ports):
+                return
+        except PortTaken:
+            stop(proc)
+            raise
         if proc.poll() is not None:
-            break
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", pending[0]), timeout=1),
-        ):
-            pending.pop(0)
-            continue
+            raise NotListening(f"{proc.args!r} exited: {tail(log)}")
         time.sleep(0.05)
-    if pending:
-        text = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-        stop(proc)
-        raise RuntimeError(f"{proc.args!r} did not listen on {pending}: {text}")
+    stop(proc)
+    raise RuntimeError(f"{proc.args!r} did not listen on {ports} in time: {tail(log)}")
+
+
+def tail(log: Path) -> str:
+    """The end of a server's log, for a failure message."""
+    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
 
 
 def stop(proc: subprocess.Popen[bytes], stop_signal: int = signal.SIGTERM) -> None:
@@ -114,25 +137,41 @@ def stop(proc: subprocess.Popen[bytes], stop_signal: int = signal.SIGTERM) -> No
 
 @contextlib.contextmanager
 def process(
-    argv: list[str],
+    command: Callable[[list[int]], list[str]],
     *,
-    ports: list[int],
+    count: int,
     log: Path,
     user: str | None = None,
     stop_signal: int = signal.SIGTERM,
-) -> Iterator[None]:
-    """Run ``argv`` (as ``user``) in its own process group until the block ends."""
-    command = ["runuser", "-u", user, "--", *argv] if user else argv
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    wait_ports(proc, ports, log)
-    try:
-        yield
-    finally:
-        stop(proc, stop_signal)
+) -> Iterator[list[int]]:
+    """Run ``command(ports)`` (as ``user``) in its own session until the block ends, on
+    ``count`` ports it alone listens on; yields the ports.
+
+    The ports are picked free, then the server binds them: should another process take
+    one first, or the server exit before listening, it starts again on new ports.
+    """
+    failures = []
+    for _ in range(ATTEMPTS):
+        ports = unused_ports(count)
+        argv = command(ports)
+        argv = ["runuser", "-u", user, "--", *argv] if user else argv
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=log.parent,  # a dir the server's user can enter
+                env=server_environ(log.parent),
+            )  # fmt: skip
+        try:
+            wait_ports(proc, ports, log)
+        except (PortTaken, NotListening) as exc:
+            failures.append(str(exc))
+            continue
+        try:
+            yield ports
+        finally:
+            stop(proc, stop_signal)
+        return
+    raise RuntimeError(f"no start of the server listened on its ports: {failures}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +186,7 @@ class Running:
 
 
 @contextlib.contextmanager
-def slapd(*, tls: bool = True, extra_ports: tuple[int, ...] = ()) -> Iterator[Running]:
+def slapd(*, tls: bool = True) -> Iterator[Running]:
     """OpenLDAP slapd (GnuTLS) with StartTLS; ``tls=False`` leaves TLS unconfigured."""
     binary = need("slapd")
     with workdir("slapd") as root:
@@ -159,55 +198,53 @@ def slapd(*, tls: bool = True, extra_ports: tuple[int, ...] = ()) -> Iterator[Ru
                 f"TLSCertificateKeyFile {chain.key_file}",
             ]
         (root / "slapd.conf").write_text("\n".join(lines) + "\n")
-        port = free_port()
-        urls = " ".join(f"ldap://127.0.0.1:{p}/" for p in (port, *extra_ports))
-        argv = [binary, "-d", "0", "-f", str(root / "slapd.conf"), "-h", urls]
-        with process(argv, ports=[port, *extra_ports], log=root / "slapd.log"):
+
+        def command(ports: list[int]) -> list[str]:
+            url = f"ldap://127.0.0.1:{ports[0]}/"
+            return [binary, "-d", "0", "-f", str(root / "slapd.conf"), "-h", url]
+
+        with process(command, count=1, log=root / "slapd.log") as (port,):
             yield Running({"ldap": port}, chain)
 
 
 @contextlib.contextmanager
-def postgres(*, ports: tuple[int, ...] = ()) -> Iterator[list[Running]]:
-    """PostgreSQL with ssl=on, one postmaster per port (free ones when none are given).
+def postgres() -> Iterator[Running]:
+    """PostgreSQL with ssl=on.
 
-    It refuses to run as root and wants its key 0600 and its own, so all runs as postgres;
-    the first data dir from initdb is copied for the others.
+    It refuses to run as root and wants its key 0600 and its own, so all runs as postgres.
     """
+    need_root("PostgreSQL runs as its own user, postgres (runuser)")
     initdb, binary = need("initdb"), need("postgres")
     with workdir("postgres") as root:
         chain = server_chain(root, user="postgres")
         chown_tree(root, "postgres")
-        first = root / "data0"
+        data = root / "data"
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", initdb, "-D", str(first), "-U", "postgres",
+            ["runuser", "-u", "postgres", "--", initdb, "-D", str(data), "-U", "postgres",
              "-A", "trust", "--no-sync", "--no-instructions"],
-            check=True, capture_output=True,
+            check=True, capture_output=True, cwd=root, env=server_environ(root),
         )  # fmt: skip
-        ports = ports or (free_port(),)
-        for index in range(1, len(ports)):  # copies before any start: no postmaster.pid in them
-            subprocess.run(["cp", "-a", str(first), str(root / f"data{index}")], check=True)
-        with contextlib.ExitStack() as stack:
-            started = []
-            for index, port in enumerate(ports):
-                data = root / f"data{index}"
-                argv = [
-                    binary, "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-                    "-k", str(data), "-c", "ssl=on", "-c", "fsync=off",
-                    "-c", f"ssl_cert_file={chain.cert_file}",
-                    "-c", f"ssl_key_file={chain.key_file}",
-                ]  # fmt: skip
-                log = root / f"postgres{index}.log"
-                # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients.
-                stack.enter_context(
-                    process(argv, ports=[port], log=log, user="postgres", stop_signal=signal.SIGINT)
-                )
-                started.append(Running({"postgres": port}, chain))
-            yield started
+
+        def command(ports: list[int]) -> list[str]:
+            return [
+                binary, "-D", str(data), "-p", str(ports[0]), "-h", "127.0.0.1",
+                "-k", str(data), "-c", "ssl=on", "-c", "fsync=off",
+                "-c", f"ssl_cert_file={chain.cert_file}",
+                "-c", f"ssl_key_file={chain.key_file}",
+            ]  # fmt: skip
+
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients.
+        log = root / "postgres.log"
+        with process(
+            command, count=1, log=log, user="postgres", stop_signal=signal.SIGINT
+        ) as ports:
+            yield Running({"postgres": ports[0]}, chain)
 
 
 @contextlib.contextmanager
 def mariadb() -> Iterator[Running]:
     """MariaDB with --ssl-cert/--ssl-key and grant tables skipped: only the greeting matters."""
+    need_root("mariadbd --user=mysql switches to the mysql user")
     binary = need("mariadbd")
     installer = need("mariadb-install-db")
     with workdir("mariadb") as root:
@@ -218,53 +255,64 @@ def mariadb() -> Iterator[Running]:
         subprocess.run(
             [installer, "--no-defaults", f"--datadir={data}", "--user=mysql",
              "--auth-root-authentication-method=normal", "--skip-test-db"],
-            check=True, capture_output=True,
+            check=True, capture_output=True, cwd=root, env=server_environ(root),
         )  # fmt: skip
-        port = free_port()
-        argv = [
-            binary, "--no-defaults", "--user=mysql", "--skip-grant-tables",
-            "--bind-address=127.0.0.1", f"--port={port}", f"--socket={root}/mysql.sock",
-            f"--datadir={data}", f"--pid-file={root}/mysql.pid", "--skip-log-bin",
-            "--innodb-buffer-pool-size=8M", "--skip-name-resolve",
-            f"--ssl-cert={chain.cert_file}", f"--ssl-key={chain.key_file}",
-        ]  # fmt: skip
-        with process(argv, ports=[port], log=root / "mariadb.log"):
+
+        def command(ports: list[int]) -> list[str]:
+            return [
+                binary, "--no-defaults", "--user=mysql", "--skip-grant-tables",
+                "--bind-address=127.0.0.1", f"--port={ports[0]}",
+                f"--socket={root}/mysql.sock", f"--datadir={data}",
+                f"--pid-file={root}/mysql.pid", "--skip-log-bin",
+                "--innodb-buffer-pool-size=8M", "--skip-name-resolve",
+                f"--ssl-cert={chain.cert_file}", f"--ssl-key={chain.key_file}",
+            ]  # fmt: skip
+
+        with process(command, count=1, log=root / "mariadb.log") as (port,):
             yield Running({"mysql": port}, chain)
 
 
 @contextlib.contextmanager
 def vsftpd() -> Iterator[Running]:
     """vsftpd with ``ssl_enable=YES``: it offers ``AUTH TLS``."""
+    need_root("vsftpd runs as root only")
     binary = need("vsftpd")
     with workdir("vsftpd") as root:
         chain = server_chain(root)
         empty = root / "empty"
         empty.mkdir()
-        port = free_port()
-        settings = {
-            "listen": "YES", "listen_ipv6": "NO", "listen_address": "127.0.0.1",
-            "listen_port": str(port), "background": "NO", "ssl_enable": "YES",
-            "rsa_cert_file": str(chain.cert_file), "rsa_private_key_file": str(chain.key_file),
-            "seccomp_sandbox": "NO", "secure_chroot_dir": str(empty),
-            "anonymous_enable": "NO", "local_enable": "YES", "xferlog_enable": "NO",
-            "vsftpd_log_file": str(root / "vsftpd.log"),
-        }  # fmt: skip
         conf = root / "vsftpd.conf"
-        conf.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        with process([binary, str(conf)], ports=[port], log=root / "stdout.log"):
+
+        def command(ports: list[int]) -> list[str]:
+            settings = {
+                "listen": "YES", "listen_ipv6": "NO", "listen_address": "127.0.0.1",
+                "listen_port": str(ports[0]), "background": "NO", "ssl_enable": "YES",
+                "rsa_cert_file": str(chain.cert_file),
+                "rsa_private_key_file": str(chain.key_file),
+                "seccomp_sandbox": "NO", "secure_chroot_dir": str(empty),
+                "anonymous_enable": "NO", "local_enable": "YES", "xferlog_enable": "NO",
+                "vsftpd_log_file": str(root / "vsftpd.log"),
+            }  # fmt: skip
+            conf.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+            return [binary, str(conf)]
+
+        with process(command, count=1, log=root / "stdout.log") as (port,):
             yield Running({"ftp": port}, chain)
 
 
 @contextlib.contextmanager
 def dovecot() -> Iterator[Running]:
     """dovecot with imap, pop3 and managesieve listeners; ssl=yes offers STARTTLS on each."""
+    need_root("dovecot switches to its users dovecot and dovenull")
     binary = need("dovecot")
     with workdir("dovecot") as root:
         chain = server_chain(root)
-        ports = {"imap": free_port(), "pop3": free_port(), "sieve": free_port()}
         conf = root / "dovecot.conf"
-        conf.write_text(
-            f"""
+
+        def command(numbers: list[int]) -> list[str]:
+            ports = dict(zip(("imap", "pop3", "sieve"), numbers, strict=True))
+            conf.write_text(
+                f"""
 base_dir = {root}/run
 state_dir = {root}/state
 instance_name = trackssl-{ports["imap"]}
@@ -307,23 +355,27 @@ service managesieve-login {{
   }}
 }}
 """
-        )
-        argv = [binary, "-F", "-c", str(conf)]
-        with process(argv, ports=list(ports.values()), log=root / "stdout.log"):
-            yield Running(ports, chain)
+            )
+            return [binary, "-F", "-c", str(conf)]
+
+        with process(command, count=3, log=root / "stdout.log") as numbers:
+            yield Running(dict(zip(("imap", "pop3", "sieve"), numbers, strict=True)), chain)
 
 
 @contextlib.contextmanager
 def prosody(domain: str = "localhost") -> Iterator[Running]:
     """prosody with c2s and s2s listeners for VirtualHost ``domain``; it runs as prosody."""
+    need_root("prosody runs as its own user, prosody (runuser)")
     binary = need("prosody")
     with workdir("prosody") as root:
         chain = server_chain(root, user="prosody", cn=domain)
         (root / "data").mkdir()
-        ports = {"xmpp": free_port(), "xmpp-server": free_port()}
         conf = root / "prosody.cfg.lua"
-        conf.write_text(
-            f"""
+
+        def command(numbers: list[int]) -> list[str]:
+            ports = dict(zip(("xmpp", "xmpp-server"), numbers, strict=True))
+            conf.write_text(
+                f"""
 pidfile = "{root}/prosody.pid"
 data_path = "{root}/data"
 daemonize = false
@@ -341,11 +393,13 @@ certificates = "{root}/tls"
 ssl = {{ certificate = "{chain.cert_file}", key = "{chain.key_file}" }}
 VirtualHost "{domain}"
 """
-        )
-        chown_tree(root, "prosody")
-        argv = [binary, "--config", str(conf), "-F"]
-        with process(argv, ports=list(ports.values()), log=root / "stdout.log", user="prosody"):
-            yield Running(ports, chain)
+            )
+            chown_tree(root, "prosody")
+            return [binary, "--config", str(conf), "-F"]
+
+        log = root / "stdout.log"
+        with process(command, count=2, log=log, user="prosody") as numbers:
+            yield Running(dict(zip(("xmpp", "xmpp-server"), numbers, strict=True)), chain)
 
 
 @contextlib.contextmanager
@@ -354,13 +408,14 @@ def xrdp(*, security_layer: str = "negotiate") -> Iterator[Running]:
     binary = need("xrdp")
     with workdir("xrdp") as root:
         chain = server_chain(root)
-        port = free_port()
         conf = root / "xrdp.ini"
-        conf.write_text(
-            f"""[Globals]
+
+        def command(ports: list[int]) -> list[str]:
+            conf.write_text(
+                f"""[Globals]
 ini_version=1
 fork=true
-port=tcp://127.0.0.1:{port}
+port=tcp://127.0.0.1:{ports[0]}
 security_layer={security_layer}
 crypt_level=high
 certificate={chain.cert_file}
@@ -372,9 +427,10 @@ LogFile={root}/xrdp.log
 LogLevel=INFO
 EnableSyslog=false
 """
-        )
-        argv = [binary, "--nodaemon", "--config", str(conf)]
-        with process(argv, ports=[port], log=root / "stdout.log"):
+            )
+            return [binary, "--nodaemon", "--config", str(conf)]
+
+        with process(command, count=1, log=root / "stdout.log") as (port,):
             yield Running({"rdp": port}, chain)
 
 
@@ -384,12 +440,18 @@ def aiosmtpd(*, lmtp: bool = False, tls: bool = True) -> Iterator[Running]:
     with workdir("smtp") as root:
         chain = server_chain(root) if tls else None
         context = server_context(chain) if chain is not None else None
-        port = free_port()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))  # bound here: the port is ours from the start
+        listener.listen(64)
+        port: int = listener.getsockname()[1]
 
         class _Controller(Controller):
             def factory(self) -> Any:
                 server_class = LMTP if lmtp else SMTP
                 return server_class(self.handler, tls_context=context, hostname="mx.test")
+
+            def _create_server(self) -> Any:
+                return self.loop.create_server(self._factory_invoker, sock=listener)
 
         controller = _Controller(object(), hostname="127.0.0.1", port=port)
         controller.start()

@@ -33,7 +33,8 @@ from tests.api_server import (
     Reply,
 )
 from tests.certs import Chain, make_chain
-from tests.tls_servers import free_port, running, server_context, tls_server
+from tests.listeners import closed_port
+from tests.tls_servers import running, server_context, tls_server
 from trackssl_agent import __version__, api, api_schema
 from trackssl_agent.api import (
     ApiClient,
@@ -240,7 +241,7 @@ def test_hanging_server_hits_the_read_timeout(api_server: ApiServer) -> None:
 def test_connection_refused_is_retried() -> None:
     """Nothing listening: connection errors are retried, then reported."""
     settings = ApiSettings(
-        url=f"http://127.0.0.1:{free_port()}",
+        url=f"http://127.0.0.1:{closed_port()}",
         auth_token=Secret(AUTH_TOKEN),
         agent_token=AGENT_TOKEN,
         retries=2,
@@ -449,7 +450,7 @@ def test_payload_of_a_retrieved_chain(good_chain: Chain) -> None:
 def test_payload_of_a_failure() -> None:
     """A failed probe posts an empty certificate and ``KIND: message``."""
     domain = api_schema.domain_from_entry(
-        {"domain_id": 1, "hostname": "127.0.0.1", "port": str(free_port())}
+        {"domain_id": 1, "hostname": "127.0.0.1", "port": str(closed_port())}
     )
     result = probe(domain.target, ProbeSettings(timeout=2))
     body = api_schema.payload(domain, result)["domain"]

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from trackssl_agent import api_schema
 from trackssl_agent.api import ResponseError
 
-BOUNDED = settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+BOUNDED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LINEAR_S = 5.0
+"""Each example's bound: no decode is quadratic or worse (those run for minutes on these
+inputs); generous for a loaded 2-core runner, where they take milliseconds."""
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
@@ -74,7 +77,7 @@ def test_any_document_decodes_or_is_one_response_error(document: Any) -> None:
         assert str(exc).isprintable()
     else:
         check(domains, skipped)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < LINEAR_S
 
 
 @BOUNDED
@@ -91,7 +94,7 @@ def test_any_bytes_decode_or_are_one_response_error(body: bytes) -> None:
         assert str(exc).isprintable()
     else:
         check(domains, skipped)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < LINEAR_S
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 
 from tests.api_server import AUTH_TOKEN, ApiServer, domain_entries
 from tests.certs import Chain
-from tests.conftest import PROXY_VARIABLES
+from tests.cli_helpers import agent_environ, steers_connections
 from tests.proxy_server import RecordingProxy
 from tests.tls_servers import TcpServer
 from trackssl_agent import api
@@ -29,8 +29,7 @@ PASSWORD = "loopback-proxy-pass-1"  # noqa: S105 - a test-only proxy password
 def proxied_env(server: ApiServer, proxy: RecordingProxy, state: Path, url: str) -> dict[str, str]:
     """The agent's environment: ``url`` for the API and every proxy variable at ``proxy``
     (NO_PROXY naming another host), as a host with a corporate proxy has."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKSSL_", "_TRACKSSL"))}
-    env = {k: v for k, v in env.items() if k not in PROXY_VARIABLES}
+    env = agent_environ()
     via = proxy.url("agent", PASSWORD)
     env.update(
         server.env(), TRACKSSL_URL=url, TRACKSSL_STATE_DIR=str(state), PYTHONPATH=str(ROOT),
@@ -141,7 +140,7 @@ def test_https_still_goes_through_the_connect_tunnel(
 def test_no_proxy_applies_to_plain_http(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """environ_proxies gives no proxy for any loopback http URL, whatever the variables
     say (an https URL with the same variables gets one)."""
-    for name in PROXY_VARIABLES:
+    for name in [name for name in os.environ if steers_connections(name)]:
         monkeypatch.delenv(name, raising=False)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:3128")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from trackssl_agent import __version__
 from trackssl_agent.cli.group import cli
 from trackssl_agent.cli.table import COMMANDS, VERSION_LINE, render_group_help
 
-from .cli_helpers import run_cli
+from .cli_helpers import agent_environ, run_cli
 
 
 def _fresh_python(code: str, *, columns: int = 80) -> str:
@@ -22,7 +21,7 @@ def _fresh_python(code: str, *, columns: int = 80) -> str:
     wide; return its stdout."""
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
-        env={**os.environ, "COLUMNS": str(columns)},
+        env=agent_environ(COLUMNS=str(columns)),
     )  # fmt: skip
     return done.stdout
 

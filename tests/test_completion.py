@@ -4,25 +4,23 @@ the command names (the group loads commands lazily) and a lazily loaded command'
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import agent_environ, console_script
 from trackssl_agent.cli.table import COMMANDS
 
-AGENT = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "trackssl-agent"
 VARIABLE = "_TRACKSSL_AGENT_COMPLETE"
 
 
 def agent(instruction: str, **extra: str) -> subprocess.CompletedProcess[str]:
     """The installed ``trackssl-agent`` with the completion variable set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSSL_")}
-    env.update({VARIABLE: instruction, **extra})
+    env = agent_environ(**{VARIABLE: instruction, **extra})
     return subprocess.run(
-        [str(AGENT)], env=env, capture_output=True, text=True, timeout=60, check=False
+        [str(console_script())], env=env, capture_output=True, text=True, timeout=60, check=False
     )
 
 

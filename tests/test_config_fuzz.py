@@ -15,7 +15,10 @@ from trackssl_agent.errors import ConfigError
 from trackssl_agent.settings import CA_FILE
 
 SECRET = "tsk_fuzz_S3cr3tValue"  # noqa: S105 - a test-only token
-BOUNDED = settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+BOUNDED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LINEAR_S = 5.0
+"""Each example's bound: no parse is quadratic (one took 23 s on 80,000 spaces); generous
+for a loaded 2-core runner, where they take milliseconds."""
 
 _pieces = st.sampled_from(
     ["=", " ", "\t", "#", "'", '"', "export ", "TRACKSSL_TIMEOUT", "TRACKSSL_URL", "\r\n", "\n",
@@ -42,7 +45,7 @@ def test_any_text_parses_or_is_one_config_error(text: str) -> None:
         for line in lines:
             assert line.key == line.key.upper()
             assert line.number >= 1
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < LINEAR_S
 
 
 @BOUNDED

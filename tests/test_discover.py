@@ -33,10 +33,12 @@ from hypothesis import strategies as st
 
 from tests.certs import Chain, der, make_cert, new_key
 from tests.child_process import child_env, run_agent, run_agent_measured
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import agent_environ, run_cli
 from tests.hostile_servers import raw_tls12_server
+from tests.listeners import closed_port, closed_ports
+from tests.privileges import need_root
 from tests.protocol_servers import nntp_server
-from tests.tls_servers import TcpServer, free_port, http_server, server_context, tls_handler
+from tests.tls_servers import TcpServer, http_server, server_context, tls_handler
 from trackssl_agent import allow, output, protocols
 from trackssl_agent.discover import (
     MAX_ADDRESSES,
@@ -71,17 +73,26 @@ def _no_lookup(name: str, family: int) -> list[Address]:
 
 
 @contextlib.contextmanager
-def same_port(handler: Callable[[socket.socket], None], hosts: list[str]) -> Iterator[list[Any]]:
-    """Servers running ``handler`` on one port shared by all of ``hosts``."""
+def same_port(
+    handler: Callable[[socket.socket], None], hosts: list[str], closed: tuple[str, ...] = ()
+) -> Iterator[list[Any]]:
+    """Servers running ``handler`` on one port shared by all of ``hosts``; on the ``closed``
+    hosts the port is bound and never listens, so a scan finds nobody else's server there."""
     for _ in range(20):
         servers: list[TcpServer] = []
+        held: list[socket.socket] = []
         try:
             first = TcpServer(handler, host=hosts[0])
             servers.append(first)
             servers += [TcpServer(handler, host=h, port=first.port) for h in hosts[1:]]
+            for host in closed:
+                held.append(socket.socket())
+                held[-1].bind((host, first.port))
         except OSError as exc:
             for server in servers:
                 server.close()
+            for sock in held:
+                sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise
             continue
@@ -90,6 +101,8 @@ def same_port(handler: Callable[[socket.socket], None], hosts: list[str]) -> Ite
         finally:
             for server in servers:
                 server.close()
+            for sock in held:
+                sock.close()
         return
     raise AssertionError(f"no port free on all of {hosts}")
 
@@ -271,13 +284,14 @@ def test_family_excludes_the_other_networks() -> None:
 
 
 def test_more_addresses_than_the_limit_is_refused_before_expanding() -> None:
-    """More than 65,536 addresses is a usage error, found without listing them (a /64)."""
+    """More than 65,536 addresses is a usage error, found without listing them (a /64's
+    2**64 would never end; the bound leaves room for a loaded runner)."""
     with pytest.raises(UsageError, match="more than the 65,536 allowed"):
         plan(["127.0.0.0/15"], [443], resolver=_no_lookup)
     started = time.monotonic()
     with pytest.raises(UsageError, match="18,446,744,073,709,551,616 addresses"):
         plan(["fd00::/64"], [443], resolver=_no_lookup)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10
     # /16 less its network and broadcast: the limit itself is fine.
     assert len(plan(["127.0.0.0/16"], [443], resolver=_no_lookup).addresses) == MAX_ADDRESSES - 2
 
@@ -362,7 +376,7 @@ def test_rate_option_paces_real_connection_attempts(
     """--rate 40 spreads 30 attempts (closed ports) over at least 0.7 s."""
     started = time.monotonic()
     code, out, err = run_cli(
-        ["discover", "127.0.0.11", "--ports", "41000-41029", "--rate", "40"], capsys
+        ["discover", "127.0.0.11", "--ports", closed_ports(30), "--rate", "40"], capsys
     )
     wall = time.monotonic() - started
     assert code == 0, err
@@ -381,7 +395,7 @@ def test_finds_exactly_the_tls_endpoint(
     reported, as ``host:port # subject, expires date``."""
     tls = TcpServer(tls_handler(server_context(chain)))
     plain = http_server()
-    closed = free_port()
+    closed = closed_port()
     try:
         ports = f"{tls.port},{plain.port},{closed}"
         code, out, err = run_cli(["discover", "127.0.0.1", "--ports", ports], capsys)
@@ -403,12 +417,12 @@ def test_scan_of_a_slash_29_finds_both_servers(
     """TLS servers on 127.0.0.2 and 127.0.0.3 are found in a scan of 127.0.0.0/29, sorted;
     the broadcast address 127.0.0.7 is never contacted."""
     hosts = ["127.0.0.3", "127.0.0.2", "127.0.0.7"]
-    with same_port(tls_handler(server_context(chain)), hosts) as servers:
+    others = ("127.0.0.1", "127.0.0.4", "127.0.0.5", "127.0.0.6")
+    with same_port(tls_handler(server_context(chain)), hosts, closed=others) as servers:
         port = servers[0].port
         code, out, err = run_cli(["discover", "127.0.0.0/29", "--ports", str(port)], capsys)
-        time.sleep(0.2)  # let the accept threads record anything that arrived
         broadcast = servers[2]
-        assert broadcast.connections == []
+        assert broadcast.accepted_before_now() == 0
     assert code == 0, err
     assert out.splitlines() == [
         f"127.0.0.2:{port} # CN=localhost, expires {expires(chain)}",
@@ -422,19 +436,27 @@ def test_starttls_server_on_a_well_known_port_is_reported_with_its_scheme(
     env: Path, chain: Chain, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An NNTP server with STARTTLS on the well-known 119 is found as ``nntp://``."""
+    # 119 of one loopback address, another one's when a second run of the suite holds it.
+    hosts = ["127.0.0.9", *(f"127.1.{n // 250}.{n % 250 + 1}" for n in range(20))]
+    for host in hosts:
+        try:
+            server = nntp_server(chain, host=host, port=119)
+            break
+        except PermissionError:
+            need_root("only root binds the well-known port 119")
+            raise
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    else:
+        pytest.fail(f"119 is taken on {hosts[0]} to {hosts[-1]} (an NNTP server on *:119?)")
     try:
-        server = nntp_server(chain, host="127.0.0.9", port=119)
-    except OSError as exc:  # not root, or something holds the port
-        message = f"cannot bind 127.0.0.9:119 for the NNTP server: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        code, out, err = run_cli(["discover", "127.0.0.9", "--ports", "119,443"], capsys)
+        ports = f"119,{closed_port()}"
+        code, out, err = run_cli(["discover", host, "--ports", ports], capsys)
     finally:
         server.close()
     assert code == 0, err
-    assert out == f"nntp://127.0.0.9:119 # CN=localhost, expires {expires(chain)}\n"
+    assert out == f"nntp://{host}:119 # CN=localhost, expires {expires(chain)}\n"
 
 
 def test_servers_outside_trackssl_allow_see_no_connection(
@@ -446,9 +468,8 @@ def test_servers_outside_trackssl_allow_see_no_connection(
     with same_port(tls_handler(server_context(chain)), ["127.0.0.2", "127.0.0.3"]) as servers:
         inside, outside = servers
         code, out, err = run_cli(["discover", "127.0.0.0/29", "--ports", str(inside.port)], capsys)
-        time.sleep(0.2)  # let the accept threads record anything that arrived
-        assert outside.connections == []
-        assert len(inside.connections) == 1
+        assert outside.accepted_before_now() == 0
+        assert inside.accepted_before_now() == 1
     assert code == 0, err
     assert out.splitlines() == [f"127.0.0.2:{inside.port} # CN=localhost, expires {expires(chain)}"]
     fields = summary(err)
@@ -461,7 +482,7 @@ def test_written_targets_file_is_probed_by_check_once(
     """The --output file, fed to ``check-once --targets``, probes every endpoint found."""
     out_file = env / "found.txt"
     with same_port(tls_handler(server_context(chain)), ["127.0.0.2", "127.0.0.3"]) as servers:
-        ports = f"{servers[0].port},{free_port()}"
+        ports = f"{servers[0].port},{closed_port()}"
         code, out, err = run_cli(
             ["discover", "127.0.0.2/31", "--ports", ports, "--output", str(out_file)], capsys
         )
@@ -523,7 +544,7 @@ def test_output_replaces_the_file_atomically(env: Path, capsys: pytest.CaptureFi
     out_file.write_text("old contents\n")
     out_file.chmod(0o640)
     code, out, err = run_cli(
-        ["discover", "127.0.0.12", "--ports", str(free_port()), "--output", str(out_file)], capsys
+        ["discover", "127.0.0.12", "--ports", str(closed_port()), "--output", str(out_file)], capsys
     )
     assert (code, out) == (0, ""), err
     assert out_file.read_text() == ""
@@ -535,9 +556,8 @@ def test_progress_shows_on_a_terminal_only(env: Path) -> None:
     """With stderr on a terminal ``done/total`` is shown before the summary; the summary is
     the last line and nothing else is written."""
     args = [sys.executable, "-m", "trackssl_agent", "discover", "127.0.0.14", "--ports"]
-    args.append("42000-42009")
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSSL_")}
-    child_env["PYTHONPATH"] = str(ROOT)
+    args.append(closed_ports(10))
+    child_env = agent_environ(PYTHONPATH=str(ROOT))
     master, slave = pty.openpty()
     proc = subprocess.Popen(args, env=child_env, cwd=env, stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
@@ -647,7 +667,7 @@ def test_scan_of_huge_ranges_is_bounded_in_memory(env: Path, networks: list[str]
     RSS stays under the README's bound (the plan is never listed)."""
     if not Path("/proc/self/status").exists():
         pytest.skip("peak RSS is read from /proc (Linux)")
-    port = free_port()
+    port = closed_port()
     child = child_env(env / "state", TRACKSSL_ALLOW="127.0.0.1/32")
     proc, peak_kib = run_agent_measured(
         ["discover", *networks, "--ports", str(port)], env=child, cwd=env / "work", timeout=120

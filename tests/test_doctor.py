@@ -6,7 +6,6 @@ auth token never appears in any output, text or JSON."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +16,7 @@ import pytest
 
 from tests.api_server import AUTH_TOKEN, HANG, ApiServer, domain_entries
 from tests.certs import Chain
-from tests.cli_helpers import run_cli
-from tests.conftest import PROXY_VARIABLES
+from tests.cli_helpers import agent_environ, console_script, run_cli
 from tests.test_api import ConnectProxy
 from tests.test_statedir import tmpfs
 from tests.tls_servers import TcpServer
@@ -27,7 +25,6 @@ from trackssl_agent import doctor
 from trackssl_agent.doctor_values import Check, Status
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT = ROOT / ".venv" / "bin" / "trackssl-agent"
 WRONG_TOKEN = "tsk_live_WRONGwrongWRONG1234"  # noqa: S105 - a test-only token
 
 
@@ -164,12 +161,10 @@ def test_hanging_api_fails_within_30_seconds(env: Path, api_server: ApiServer) -
     FAILs the auth line and exits 2 within 30 s."""
     api_server.domains = domain_entries({1: 1})
     api_server.fail("domains", HANG)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSSL_")}
-    environ = {k: v for k, v in environ.items() if k not in PROXY_VARIABLES}
-    environ.update(api_server.env(), TRACKSSL_STATE_DIR=str(env / "state"))
+    environ = agent_environ(**api_server.env(), TRACKSSL_STATE_DIR=str(env / "state"))
     started = time.monotonic()
     done = subprocess.run(
-        [str(AGENT), "doctor"], env=environ, cwd=env, capture_output=True, text=True,
+        [str(console_script()), "doctor"], env=environ, cwd=env, capture_output=True, text=True,
         timeout=60, check=False,
     )  # fmt: skip
     elapsed = time.monotonic() - started

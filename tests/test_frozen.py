@@ -22,15 +22,13 @@ import pytest
 from tests import tls_servers
 from tests.api_server import ApiServer, domain_entries
 from tests.certs import Chain, make_cert, make_chain, new_key, pem
+from tests.cli_helpers import agent_environ
 from tests.frozen_builds import FOLDER, ensure_built
+from tests.listeners import closed_port
 from trackssl_agent import __version__
 from trackssl_agent.certificates import to_pem
 
 pytestmark = pytest.mark.frozen
-
-# Variables of the test process that must not leak into the agent under test.
-FOREIGN = ("TRACKSSL_", "SSL_CERT_", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
 @pytest.fixture(scope="session")
@@ -56,15 +54,8 @@ def target(target_chain: Chain) -> Iterator[tls_servers.TcpServer]:
 
 def agent_env(temp: Path, **extra: str) -> dict[str, str]:
     """The test's environment without agent settings or proxies; temp files under ``temp``."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.upper().startswith(FOREIGN) and key.lower() not in PROXIES
-    }
     # The single-file build unpacks into $TMPDIR (POSIX) or %TMP% (Windows).
-    env.update(TMPDIR=str(temp), TMP=str(temp), TEMP=str(temp))
-    env.update(extra)
-    return env
+    return agent_environ(TMPDIR=str(temp), TMP=str(temp), TEMP=str(temp), **extra)
 
 
 def extraction_folders(temp: Path) -> list[Path]:
@@ -233,7 +224,7 @@ def test_run_survives_deletion_of_its_extraction_folder(
     temp = tmp_path / "temp"
     temp.mkdir()
     log = tmp_path / "agent.log"
-    closed_port = tls_servers.free_port()
+    refused = closed_port()
     with ApiServer(tls=api_chain) as api:
         api.domains = domain_entries({7: target.port})
         # Linux: the OS trust store path (truststore honours SSL_CERT_FILE); elsewhere the
@@ -262,7 +253,7 @@ def test_run_survives_deletion_of_its_extraction_folder(
             shutil.rmtree(folder, ignore_errors=sys.platform == "win32")
             if sys.platform != "win32":
                 assert not folder.exists()
-            api.domains = domain_entries({7: target.port, 8: closed_port})
+            api.domains = domain_entries({7: target.port, 8: refused})
             # The next cycle comes one interval (1 minute, the minimum) plus jitter later.
             assert api.wait_for(lambda: len(api.posted) >= 3, timeout=120), log.read_text()
             assert proc.poll() is None, log.read_text()

@@ -19,6 +19,7 @@ import pytest
 
 from tests import tls_servers
 from tests.certs import Chain, make_chain, self_signed
+from tests.cli_helpers import agent_environ
 from tests.frozen_builds import FOLDER, ONEFILE, ensure_built
 from trackssl_agent.certificates import to_pem
 
@@ -59,8 +60,7 @@ def rsa_chain(certs: Path) -> Chain:
 
 def probe_json(agent: Path, endpoint: str, tmp_path: Path) -> dict[str, Any]:
     """``probe ENDPOINT --json`` of the frozen agent: the one result object."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSSL_")}
-    env.update(TMPDIR=str(tmp_path), TMP=str(tmp_path), TEMP=str(tmp_path))
+    env = agent_environ(TMPDIR=str(tmp_path), TMP=str(tmp_path), TEMP=str(tmp_path))
     result = subprocess.run(
         [str(agent), "probe", endpoint, "--json", "--timeout", "10"],
         env=env, capture_output=True, text=True, timeout=90, check=False,

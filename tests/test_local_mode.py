@@ -20,6 +20,7 @@ import pytest
 from tests import tls_servers
 from tests.api_server import ApiServer, domain_entries
 from tests.cli_helpers import run_cli
+from tests.listeners import closed_port
 from tests.test_openmetrics import only, parse
 from tests.verdict_servers import World
 
@@ -64,7 +65,7 @@ def test_summary_counts_statuses_and_kinds(
     store: Path, world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The last line counts targets by status, then what made them so."""
-    refused = f"127.0.0.1:{tls_servers.free_port()}"
+    refused = f"127.0.0.1:{closed_port()}"
     targets = [endpoint(world, n) for n in ("good", "warn", "expired", "private")] + [refused]
     code, out, _err = run_cli(["probe", *targets], capsys)
     assert code == 2
@@ -116,7 +117,7 @@ def test_openmetrics_status_and_chain_verified(
     store: Path, world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Per target: trackssl_probe_status 0/1/2 and trackssl_chain_verified 1 or 0."""
-    refused = f"127.0.0.1:{tls_servers.free_port()}"
+    refused = f"127.0.0.1:{closed_port()}"
     names = ("good", "warn", "private")
     code, out, _err = run_cli(
         ["probe", "--format", "openmetrics", *(endpoint(world, n) for n in names), refused], capsys

@@ -40,8 +40,8 @@ def test_lock_file_with_any_content_is_taken_over(tmp_path: Path, content: bytes
 def test_lock_holding_a_20_digit_number_is_taken_over(tmp_path: Path) -> None:
     """Regression: ``99999999999999999999`` in agent.lock was an OverflowError on every start."""
     (tmp_path / "agent.lock").write_text("99999999999999999999\n")
-    with StateLock(tmp_path):
-        pass
+    with StateLock(tmp_path) as lock:
+        assert lock.path.read_text().strip() == str(os.getpid())
 
 
 def test_parse_pid_takes_only_a_plausible_pid() -> None:

@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from tests.api_server import ApiServer, domain_entries
-from tests.test_statedir import NOBODY, ROOT, need_root
-from tests.tls_servers import free_port
+from tests.as_nobody import NOBODY, ROOT
+from tests.listeners import closed_port
+from tests.privileges import need_root
+from tests.shared_dirs import session_dir
 from trackssl_agent import log, log_file
 from trackssl_agent.errors import LogFileError
 from trackssl_agent.scheduler import TIME_SCALE_VAR
@@ -36,8 +38,8 @@ PRECIOUS = "precious\n"
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A sticky 1777 folder like /tmp, reachable by ``nobody``."""
-    need_root()
-    base = Path(tempfile.mkdtemp(prefix="trackssl-logs-"))
+    need_root("another user (nobody) plants files in a sticky folder")
+    base = Path(tempfile.mkdtemp(prefix="trackssl-logs-", dir=session_dir()))
     try:
         base.chmod(0o755)
         folder = base / "shared"
@@ -113,7 +115,7 @@ def test_a_log_link_planted_between_cycles_is_not_followed(
     """run as root, its log in a sticky folder: the file is moved away (as logrotate does)
     and nobody plants a link under its name; the next reopen refuses it with one line on
     stderr, the log goes on on stderr, the victim is never written and run keeps cycling."""
-    api_server.domains = domain_entries({1: free_port()})
+    api_server.domains = domain_entries({1: closed_port()})
     path = shared / "agent.log"
     stderr = tmp_path / "agent.stderr"
     env = agent_env(api_server, tmp_path / "state", **{TIME_SCALE_VAR: "30"})
@@ -159,7 +161,7 @@ def test_output_through_a_planted_link_replaces_the_link(
     plant("link", path, victim)
     done = subprocess.run(
         [sys.executable, "-m", "trackssl_agent", "probe", "--json", "--timeout", "2",
-         "--output", str(path), f"127.0.0.1:{free_port()}"],
+         "--output", str(path), f"127.0.0.1:{closed_port()}"],
         env=agent_env(api_server, tmp_path / "state"), cwd=tmp_path,
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -218,7 +220,7 @@ def test_an_admins_link_in_a_private_folder_is_followed(tmp_path: Path) -> None:
 def test_another_users_link_in_a_private_folder_is_refused(tmp_path: Path, victim: Path) -> None:
     """A link that belongs to another user is refused even where only this user can write
     (someone with the power to chown it put it there), the victim untouched."""
-    need_root()
+    need_root("another user (nobody) plants files in a sticky folder")
     folder = tmp_path / "logs"
     folder.mkdir(mode=0o700)
     link = folder / "agent.log"

@@ -23,6 +23,7 @@ from prometheus_client.samples import Sample
 from tests import tls_servers
 from tests.certs import Chain, der, key_pem, make_cert, make_chain, new_key, pem
 from tests.cli_helpers import run_cli
+from tests.listeners import closed_port
 from tests.test_packaging import EXE, LINUX, one, parse_unit
 from trackssl_agent import openmetrics
 from trackssl_agent.certificates import sha256_hex
@@ -147,7 +148,7 @@ def test_failed_target_has_success_0_and_its_error_kind(
     """A closed loopback port: success 0, error_info{kind="refused"} 1, no certificate or
     version sample; the good target beside it is unaffected; exit 2 as for text."""
     good = served.server.endpoint
-    closed = f"127.0.0.1:{tls_servers.free_port()}"
+    closed = f"127.0.0.1:{closed_port()}"
     code, out = probe_metrics(capsys, good, closed)
     assert code == 2
     metrics = parse(out)
@@ -330,7 +331,7 @@ def test_output_in_a_missing_folder_is_a_usage_error_before_probing(
 ) -> None:
     """An --output whose folder does not exist: exit 3 naming the folder, before any probe
     (a closed port would otherwise make it exit 2)."""
-    closed = f"127.0.0.1:{tls_servers.free_port()}"
+    closed = f"127.0.0.1:{closed_port()}"
     path = tmp_path / "missing" / "x.prom"
     code, _, err = run_cli(["probe", "--output", str(path), closed], capsys)
     assert code == 3
@@ -405,7 +406,7 @@ def test_check_once_targets_openmetrics_output_end_to_end(
 ) -> None:
     """``check-once --targets FILE --format openmetrics --output F`` writes every target's
     metrics to F (a failed one with its kind) and exits with the probe exit code."""
-    closed = f"127.0.0.1:{tls_servers.free_port()}"
+    closed = f"127.0.0.1:{closed_port()}"
     targets = clean_env / "targets.txt"
     targets.write_text(f"{served.server.endpoint}  # the good one\n{closed}\n")
     out_file = clean_env / "textfile" / "trackssl.prom"

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.api_server import UNAUTHORIZED, ApiServer, domain_entries
-from tests.tls_servers import free_port
+from tests.listeners import closed_port
 from trackssl_agent import doctor_checks, outbox, outbox_disk, outbox_format
 from trackssl_agent.doctor_values import Status
 from trackssl_agent.errors import LockError
@@ -601,7 +601,7 @@ def test_a_planted_60_digit_segment_strands_no_result(
     box.mkdir(parents=True, mode=0o700)
     state.chmod(0o700)
     (box / f"seg-{'9' * 60}.json").write_bytes(line({"version": 2}) + stored(9))
-    refused = free_port()
+    refused = closed_port()
     api_server.domains = domain_entries({1: refused, 2: refused, 3: refused})
     api_server.fail("certificate", UNAUTHORIZED)
     first = _agent(api_server, state, "check-once", "--timeout", "3")

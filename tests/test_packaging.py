@@ -18,6 +18,7 @@ from types import ModuleType
 
 import pytest
 
+from tests.cli_helpers import agent_environ
 from trackssl_agent import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -411,15 +412,22 @@ def test_task_xml_for_a_gmsa_is_valid_with_its_logon_type() -> None:
 
 def test_every_unit_key_has_a_known_systemd_version() -> None:
     """Each key of the units, the timer and the drop-in appears in SYSTEMD_SINCE."""
-    for path in sorted(LINUX.iterdir()):
-        for key, value in unit_keys(path):
+    paths = sorted(LINUX.iterdir())
+    assert {*SERVICES, "trackssl-agent-check.timer", DROP_IN.name} <= {p.name for p in paths}
+    for path in paths:
+        keys = unit_keys(path)
+        assert keys, f"{path.name} has no keys"
+        for key, value in keys:
             needs(key, value)
 
 
 def test_main_units_need_nothing_newer_than_systemd_239() -> None:
     """RHEL 8's systemd 239 knows every key (and value) of the units and the timer, so it
     logs no "Unknown lvalue" and applies all of them."""
-    for path in sorted(LINUX.glob("trackssl-agent*")):
+    paths = sorted(LINUX.glob("trackssl-agent*"))
+    assert {*SERVICES, "trackssl-agent-check.timer"} <= {p.name for p in paths}
+    for path in paths:
+        assert unit_keys(path), f"{path.name} has no keys"
         too_new = [
             f"{key}={value} ({needs(key, value)})"
             for key, value in unit_keys(path)
@@ -492,12 +500,7 @@ def test_unit_command_reads_the_file_and_keeps_the_state_dir(tmp_path: Path) -> 
     state_root = tmp_path / "var-lib"  # what %S expands to (/var/lib for system units)
     service = unit("trackssl-agent.service")["Service"]
     value = environment(service)["TRACKSSL_STATE_DIR"]
-    env = {
-        name: val
-        for name, val in os.environ.items()
-        if not name.startswith("TRACKSSL_") and not name.startswith("_TRACKSSL_")
-    }
-    env["TRACKSSL_STATE_DIR"] = value.replace("%S", str(state_root))
+    env = agent_environ(TRACKSSL_STATE_DIR=value.replace("%S", str(state_root)))
     # The unit's command with `config` (which prints the effective values) in place of `run`.
     argv = one(service, "ExecStart").split()
     assert argv[:2] == [EXE, "run"]
@@ -562,6 +565,7 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     version = systemd_version(analyze)
     assert version >= OLDEST_SYSTEMD
     names = stage_units(tmp_path, with_drop_in=version >= 245)
+    assert len(names) >= len(SERVICES) + 1  # the services and the timer at least
     result = subprocess.run(
         [analyze, "verify", *names], capture_output=True, text=True, timeout=60, check=False
     )
@@ -769,7 +773,7 @@ def test_container_stop_grace_and_restart_policy() -> None:
 
 def test_windows_version_resource_carries_the_package_version(tmp_path: Path) -> None:
     """The generated version file is one Python expression carrying __version__ in its numbers
-    and strings; where PyInstaller's reader imports (it needs pefile), it loads the file too."""
+    and strings."""
     generator = load_module(BUILD / "windows" / "version_info.py")
     path = Path(generator.write(tmp_path / "version-info.txt"))
     numbers = (*(int(part) for part in __version__.split(".")[:3]), 0)
@@ -784,10 +788,20 @@ def test_windows_version_resource_carries_the_package_version(tmp_path: Path) ->
     assert strings["OriginalFilename"] == "trackssl-agent.exe"
     assert f"filevers={numbers}," in path.read_text()
     assert generator.numbers("2.10.3rc1+local") == (2, 10, 3, 0)
-    try:
-        from PyInstaller.utils.win32 import versioninfo  # noqa: PLC0415
-    except ImportError:  # pefile is installed with PyInstaller on Windows only
-        return
+
+
+@pytest.mark.skipif(
+    sys.platform != "win32",
+    reason="PyInstaller's version-resource reader imports pefile and win32api: Windows only",
+)
+def test_windows_version_resource_loads_in_pyinstallers_reader(tmp_path: Path) -> None:
+    """PyInstaller's own reader loads the generated version file with __version__ in its
+    fixed numbers and its ProductVersion string."""
+    from PyInstaller.utils.win32 import versioninfo  # noqa: PLC0415 - Windows only
+
+    generator = load_module(BUILD / "windows" / "version_info.py")
+    path = Path(generator.write(tmp_path / "version-info.txt"))
+    numbers = (*(int(part) for part in __version__.split(".")[:3]), 0)
     info = versioninfo.load_version_info_from_text_file(str(path))
     assert (info.ffi.fileVersionMS >> 16, info.ffi.fileVersionMS & 0xFFFF) == numbers[:2]
     assert (info.ffi.fileVersionLS >> 16, info.ffi.fileVersionLS & 0xFFFF) == numbers[2:]
@@ -955,6 +969,8 @@ def test_frozen_build_inputs_cover_every_build_file() -> None:
 def test_no_reference_to_missing_docs() -> None:
     """No shipped file points at docs/platforms.md (there is no docs/ folder)."""
     shipped = [*BUILD.rglob("*"), *(ROOT / "scripts").glob("*.ps1"), ROOT / "README.md"]
+    assert LINUX / SERVICES[0] in shipped
+    assert INSTALL_PS1 in shipped
     offenders = [
         str(path.relative_to(ROOT))
         for path in shipped

@@ -16,6 +16,7 @@ import pytest
 
 from tests import tls_servers
 from tests.certs import Chain, make_chain, self_signed
+from tests.listeners import closed_port
 from trackssl_agent.certificates import summarize
 from trackssl_agent.probe import ProbeSettings, client_context, probe
 from trackssl_agent.probe_pool import probe_many, start_probes
@@ -163,7 +164,7 @@ def test_client_certificate_demanded_tls13(rsa_chain: Chain) -> None:
 
 def test_closed_port() -> None:
     """Nothing listening is `refused`."""
-    port = tls_servers.free_port()
+    port = closed_port()
     result = probe(parse_target(f"127.0.0.1:{port}"), FAST)
     assert result.error is not None
     assert result.error.kind == ErrorKind.REFUSED
@@ -244,13 +245,12 @@ def test_sends_only_handshake_and_closes(rsa_chain: Chain) -> None:
 
 def test_denied_target_is_never_contacted(rsa_server: tls_servers.TcpServer) -> None:
     """An allow rule that rejects the address yields `denied` and no connection."""
-    before = len(rsa_server.connections)
+    before = rsa_server.accepted_before_now()  # the server is shared with other tests
     settings = ProbeSettings(timeout=5, allow=lambda target, address: False)
     result = probe(parse_target(rsa_server.endpoint), settings)
-    time.sleep(0.1)
     assert result.error is not None
     assert result.error.kind == ErrorKind.DENIED
-    assert len(rsa_server.connections) == before
+    assert rsa_server.accepted_before_now() == before
 
 
 def test_probe_many_yields_every_target_with_index(
@@ -258,7 +258,7 @@ def test_probe_many_yields_every_target_with_index(
 ) -> None:
     """probe_many returns one result per target, tagged with its input index."""
     targets = [parse_target(rsa_server.endpoint) for _ in range(20)]
-    targets.insert(7, parse_target("127.0.0.1:1"))
+    targets.insert(7, parse_target(f"127.0.0.1:{closed_port()}"))
     seen = dict(probe_many(targets, FAST, concurrency=4))
     assert sorted(seen) == list(range(21))
     assert not seen[7].ok
@@ -279,11 +279,18 @@ def test_workers_hold_results_back_while_too_many_wait_unread(
     """With ``waiting`` results unread, each worker holds its next result back, so no more
     targets are probed than the workers plus the waiting room; reading lets them go on."""
     targets = [parse_target(rsa_server.endpoint) for _ in range(30)]
-    before = len(rsa_server.connections)  # the server is shared with other tests
+    before = rsa_server.accepted_before_now()  # the server is shared with other tests
+    listed = len(rsa_server.connections)  # the marker connection included
     probes = start_probes(targets, FAST, concurrency=2, waiting=3)
     try:
-        time.sleep(1.5)  # nobody reads
-        assert len(rsa_server.connections) - before <= 3 + 2
+        # Nobody reads. Once the room and both workers' hands are full the workers are
+        # free to probe on (a probe here takes milliseconds), and must not.
+        deadline = time.monotonic() + 20
+        while len(rsa_server.connections) - listed < 3 + 2:
+            assert time.monotonic() < deadline, "the workers never filled the waiting room"
+            time.sleep(0.01)
+        time.sleep(1)
+        assert rsa_server.accepted_before_now() - before == 3 + 2
         seen = 0
         while probes.get(timeout=10) is not None:
             seen += 1
@@ -308,7 +315,7 @@ def test_every_address_is_tried_until_one_connects(rsa_server: tls_servers.TcpSe
     from trackssl_agent.probe import _connect  # noqa: PLC0415 - the unit under test is private
     from trackssl_agent.transport import Deadline  # noqa: PLC0415
 
-    closed = tls_servers.free_port()
+    closed = closed_port()
     addresses = [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", closed)),
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", rsa_server.port)),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests import tls_servers
+from tests.listeners import closed_port
 from tests.tls_servers import TcpServer, running
 from trackssl_agent.probe import ProbeSettings, connect, probe
 from trackssl_agent.results import ErrorKind, ProbeError, ProbeResult
@@ -84,7 +85,7 @@ def test_ip_literal_of_the_excluded_family_is_dns() -> None:
 
 def test_port_without_listener_is_refused() -> None:
     """Nothing listening is `refused`, naming the endpoint and asking about the service."""
-    port = tls_servers.free_port()
+    port = closed_port()
     result = probe(parse_target(f"127.0.0.1:{port}"), SHORT)
     message = _failed(result, ErrorKind.REFUSED)
     assert message == (
@@ -128,7 +129,7 @@ def test_unanswered_connect_times_out_naming_connect(full_backlog: int) -> None:
 
 def test_connect_stage_returns_its_error_rather_than_raising() -> None:
     """The connect stage on its own hands back a `refused` ProbeError for a closed port."""
-    port = tls_servers.free_port()
+    port = closed_port()
     target = parse_target(f"127.0.0.1:{port}")
     addresses = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
     outcome = connect(target, addresses, Deadline(1))

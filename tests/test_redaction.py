@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -21,8 +20,7 @@ import pytest
 
 from tests.api_server import AUTH_TOKEN, OK, ApiServer, Reply, domain_entries
 from tests.certs import Chain
-from tests.cli_helpers import run_cli
-from tests.conftest import PROXY_VARIABLES
+from tests.cli_helpers import agent_environ, run_cli
 from tests.proxy_server import RecordingProxy
 from tests.tls_servers import TcpServer
 from trackssl_agent import log
@@ -150,10 +148,9 @@ def test_a_long_line_without_secrets_is_unchanged() -> None:
 
 def agent_env(server: ApiServer, state: Path, **extra: str) -> dict[str, str]:
     """A ``python -m trackssl_agent`` child's environment for ``server``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSSL_")}
-    env = {k: v for k, v in env.items() if k not in PROXY_VARIABLES}
-    env.update(server.env(), TRACKSSL_STATE_DIR=str(state), PYTHONPATH=str(ROOT), **extra)
-    return env
+    return agent_environ(
+        **server.env(), TRACKSSL_STATE_DIR=str(state), PYTHONPATH=str(ROOT), **extra
+    )
 
 
 def check_once(server: ApiServer, tmp_path: Path, *args: str, **extra: str) -> tuple[int, str]:

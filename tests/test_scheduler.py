@@ -260,7 +260,7 @@ def test_sleep_is_sliced_and_a_stop_wakes_the_real_sleep_at_once() -> None:
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
-    assert time.monotonic() - began < 0.5
+    assert time.monotonic() - began < 3  # at once, where the next run is an hour away
 
 
 def test_summary_line_has_the_report_and_next_run(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import socket
 import ssl
 import time
@@ -14,23 +16,16 @@ import pytest
 from tests import protocol_servers as servers
 from tests.certs import Chain, make_chain
 from tests.cli_helpers import run_cli
-from tests.tls_servers import TcpServer, free_port, server_context, silent_server
+from tests.tls_servers import TcpServer, server_context, silent_server
 from trackssl_agent.certificates import to_pem
 from trackssl_agent.probe import ProbeSettings, probe
 from trackssl_agent.protocols import SCHEMES, Protocol
 from trackssl_agent.results import ErrorKind, ProbeResult
-from trackssl_agent.targets import parse_target
+from trackssl_agent.targets import Target, parse_target
 
 FAST = ProbeSettings(timeout=5)
 
 pytestmark = pytest.mark.servers
-
-
-def _port_free(port: int) -> None:
-    """Fail with what to do when a packaged instance holds a well-known port."""
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", port)) == 0:
-            pytest.fail(f"127.0.0.1:{port} is taken; stop the packaged server that holds it")
 
 
 # --- servers, started once per module -------------------------------------------------------
@@ -72,9 +67,8 @@ def vsftpd_server() -> Iterator[servers.Running]:
 
 @pytest.fixture(scope="module")
 def slapd_server() -> Iterator[servers.Running]:
-    """slapd on a free port and on the well-known 389."""
-    _port_free(389)
-    with servers.slapd(extra_ports=(389,)) as running:
+    """slapd on a port of its own."""
+    with servers.slapd() as running:
         yield running
 
 
@@ -86,17 +80,10 @@ def prosody_server() -> Iterator[servers.Running]:
 
 
 @pytest.fixture(scope="module")
-def postgres_servers() -> Iterator[list[servers.Running]]:
-    """Two postmasters: one on a free port, one on the well-known 5432."""
-    _port_free(5432)
-    with servers.postgres(ports=(free_port(), 5432)) as running:
+def postgres_server() -> Iterator[servers.Running]:
+    """A postmaster on a port of its own."""
+    with servers.postgres() as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def postgres_server(postgres_servers: list[servers.Running]) -> servers.Running:
-    """The postmaster on a free port."""
-    return postgres_servers[0]
 
 
 @pytest.fixture(scope="module")
@@ -199,23 +186,32 @@ def test_starttls_option_gets_chain(request: pytest.FixtureRequest, scheme: str)
     _assert_chain(result, running)
 
 
+def _at(target: Target, running: servers.Running, service: str) -> Target:
+    """``target`` as parsed (its dialogue chosen by its own port), dialled at the port the
+    test's server holds: the well-known ports may belong to a packaged daemon or to a
+    second run of the suite, and the probe picks its dialogue from ``starttls`` alone."""
+    return dataclasses.replace(target, port=running.ports[service])
+
+
 def test_ldap_auto_selected_on_port_389(slapd_server: servers.Running) -> None:
     """A bare 127.0.0.1:389 is LDAP by the port table and gets slapd's chain via StartTLS."""
     target = parse_target("127.0.0.1:389")
     assert target.starttls is Protocol.LDAP
-    _assert_chain(probe(target, FAST), slapd_server)
+    _assert_chain(probe(_at(target, slapd_server, "ldap"), FAST), slapd_server)
 
 
-def test_postgres_auto_selected_on_port_5432(postgres_servers: list[servers.Running]) -> None:
+def test_postgres_auto_selected_on_port_5432(postgres_server: servers.Running) -> None:
     """A bare 127.0.0.1:5432 is PostgreSQL by the port table and gets its chain."""
     target = parse_target("127.0.0.1:5432")
     assert target.starttls is Protocol.POSTGRES
-    _assert_chain(probe(target, FAST), postgres_servers[1])
+    _assert_chain(probe(_at(target, postgres_server, "postgres"), FAST), postgres_server)
 
 
-def test_starttls_none_on_5432_fails_as_direct_tls(postgres_servers: list[servers.Running]) -> None:
+def test_starttls_none_on_5432_fails_as_direct_tls(postgres_server: servers.Running) -> None:
     """``--starttls none`` sends a bare ClientHello, which PostgreSQL 15 answers by closing."""
-    result = probe(parse_target("127.0.0.1:5432", starttls="none"), FAST)
+    target = parse_target("127.0.0.1:5432", starttls="none")
+    assert target.starttls is None
+    result = probe(_at(target, postgres_server, "postgres"), FAST)
     assert result.error is not None
     assert result.error.kind is not ErrorKind.STARTTLS
     assert not result.chain
@@ -369,9 +365,11 @@ def test_smtp_waits_for_each_reply_and_greets_as_itself(spec_chain: Chain) -> No
         result = probe(parse_target(f"smtp://localhost:{server.port}"), FAST)
     assert result.chain == spec_chain.ders
     assert len(received) == 2
-    assert received[0].startswith(b"EHLO ")
-    assert received[0].endswith(b"\r\n")
-    assert b"localhost" not in received[0]
+    # RFC 5321 4.1.4: this host's FQDN when its name has one (``localhost.localdomain`` on
+    # RHEL), else the address literal of the connection; never the name that was dialled.
+    own = socket.gethostname()
+    fqdn = "." in own and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*[A-Za-z0-9]", own)
+    assert received[0] == f"EHLO {own if fqdn else '[127.0.0.1]'}\r\n".encode()
     assert received[1] == b"STARTTLS\r\n"
 
 

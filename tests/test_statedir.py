@@ -10,40 +10,30 @@ tests skip without it, and fail under CI=true.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.api_server import AUTH_TOKEN, ApiServer, domain_entries
-from tests.cli_helpers import run_cli
+from tests.as_nobody import NOBODY, NobodyPython
+from tests.cli_helpers import agent_environ, run_cli
+from tests.privileges import need_root
+from tests.shared_dirs import shared_dir
 from tests.tls_servers import TcpServer
 from trackssl_agent.errors import StateDirError
 from trackssl_agent.lock import StateLock
 from trackssl_agent.outbox import Outbox, Record
 from trackssl_agent.statedir import open_folder
 
-ROOT = Path(__file__).resolve().parent.parent
-NOBODY = 65534
-
-
-def need_root() -> None:
-    """Skip (fail under CI=true) unless running as root."""
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("this test needs root (mounts, chown, another user); CI runs as root")
-    pytest.skip("needs root")
-
 
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str = "64k") -> Iterator[Path]:
     """A small tmpfs mounted at ``where`` (a real ENOSPC when full)."""
-    need_root()
+    need_root("mounts a tmpfs")
     where.mkdir(parents=True, exist_ok=True)
     options = f"size={size},mode=0700"
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
@@ -199,34 +189,72 @@ def test_outbox_write_failing_after_some_records_keeps_them_in_memory(tmp_path: 
         assert [r.domain_id for r in again.pending()] == [1]
 
 
+@pytest.fixture(scope="module")
+def nobody() -> NobodyPython:
+    """The agent's code runnable as nobody, wherever the clone and its venv are."""
+    need_root("runs the agent as nobody")
+    return NobodyPython.prepare()
+
+
 def test_root_owned_read_only_dir_as_another_user_posts_directly_exit_1(
-    api_server: ApiServer, good: list[TcpServer]
+    api_server: ApiServer, good: list[TcpServer], nobody: NobodyPython
 ) -> None:
     """Run as ``nobody`` with a root-owned 0555 state dir (allowed owner, not writable):
-    the real process probes, posts, exits 1 with one line naming the path."""
-    need_root()
-    base = Path(tempfile.mkdtemp(prefix="trackssl-nobody-"))
-    try:
-        base.chmod(0o755)
-        state = base / "state"
-        state.mkdir()
-        state.chmod(0o555)
-        api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSSL_")}
-        env.update(api_server.env(), TRACKSSL_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
-        # setpriv (util-linux) drops every capability: a truly unprivileged process.
-        drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        done = subprocess.run(
-            [*drop, sys.executable, "-m", "trackssl_agent", "check-once", "--timeout", "5"],
-            env=env, cwd=base, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert_degraded(
-            done.returncode, done.stdout, done.stderr, api_server, state, "permission denied"
-        )
-        assert list(state.iterdir()) == []
-        assert AUTH_TOKEN not in done.stdout + done.stderr
-    finally:
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+    the real process probes, posts, exits 1 with one line naming the path and that nobody
+    may not write there."""
+    base = shared_dir("nobody-state")
+    state = base / "state"
+    state.mkdir()
+    state.chmod(0o555)
+    api_server.domains = domain_entries({1: good[0].port, 2: good[1].port})
+    env = agent_environ(**api_server.env(), TRACKSSL_STATE_DIR=str(state))
+    done = subprocess.run(
+        nobody.agent("check-once", "--timeout", "5"),
+        env=env, cwd=base, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert_degraded(
+        done.returncode, done.stdout, done.stderr, api_server, state,
+        f"permission denied to nobody (uid {NOBODY})",
+    )  # fmt: skip
+    assert list(state.iterdir()) == []
+    assert AUTH_TOKEN not in done.stdout + done.stderr
+
+
+MODES_AS_NOBODY = """
+import json, os, sys
+from pathlib import Path
+from trackssl_agent.lock import StateLock
+from trackssl_agent.outbox import Outbox, Record
+state = Path(sys.argv[1])
+os.umask(0o777)
+with StateLock(state):
+    box = Outbox.open(state / "outbox")
+    box.add([Record(1, {"domain": {}})])
+    box.close()
+print(json.dumps([r.domain_id for r in Outbox.open(state / "outbox").pending()]))
+"""
+
+
+def test_modes_hold_under_umask_0777_for_an_unprivileged_user(nobody: NobodyPython) -> None:
+    """As nobody (no capability to override modes) under umask 0777: the state dir (and a
+    missing parent), the outbox, the lock and the segments are made (0700/0600 for the
+    agent's own) and read back, no PermissionError."""
+    base = shared_dir("nobody-umask")
+    os.chown(base, NOBODY, NOBODY)
+    state = base / "parent" / "state"
+    done = subprocess.run(
+        nobody.code(MODES_AS_NOBODY, str(state)),
+        env=agent_environ(), cwd=base, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [1]
+    assert state.stat().st_uid == NOBODY
+    assert state.parent.stat().st_mode & 0o700 == 0o700
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / "outbox").stat().st_mode & 0o777 == 0o700
+    assert (state / "agent.lock").stat().st_mode & 0o777 == 0o600
+    (segment,) = (state / "outbox").glob("seg-*.json")
+    assert segment.stat().st_mode & 0o777 == 0o600
 
 
 # -- part 3: nothing follows what someone else planted ------------------------------------
@@ -257,7 +285,7 @@ def test_state_dir_of_another_user_is_refused_exit_3(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A state dir owned by another (non-root) user is refused, exit 3, before any contact."""
-    need_root()
+    need_root("chowns a dir to another user")
     state = env / "state"
     state.mkdir(mode=0o700)
     os.chown(state, NOBODY, NOBODY)
@@ -324,7 +352,7 @@ def test_symlinked_outbox_is_refused_by_the_outbox_itself(tmp_path: Path) -> Non
 
 def test_state_dir_symlink_planted_by_another_user_is_refused(tmp_path: Path) -> None:
     """A state dir path that is a link owned by another user is not followed."""
-    need_root()
+    need_root("lchowns a link to another user")
     target = tmp_path / "target"
     target.mkdir(mode=0o700)
     link = tmp_path / "state"

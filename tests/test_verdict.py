@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests import tls_servers
 from tests.cli_helpers import run_cli
+from tests.listeners import closed_port
 from tests.verdict_servers import NOW, World
 
 
@@ -229,7 +229,7 @@ def test_failed_target_is_critical_with_its_error(
     store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A target that could not be probed is CRITICAL with problem ``failed`` (exit 2)."""
-    port = tls_servers.free_port()
+    port = closed_port()
     code, out, _err = run_cli(["probe", "--json", f"127.0.0.1:{port}"], capsys)
     (document,) = json.loads(out)
     assert code == 2

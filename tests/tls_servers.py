@@ -1,7 +1,8 @@
 """Real TLS and misbehaving TCP servers on loopback for the probe tests.
 
-Every server listens on a free port of 127.0.0.1 (or ::1) and runs in daemon threads of the
-test process, except the legacy one, which is ``openssl s_server`` in a subprocess.
+Every server listens on a port of 127.0.0.1 (or ::1) it bound itself (port 0) and runs in
+daemon threads of the test process, except the command servers (``openssl s_server``,
+``gnutls-serv``), which run as subprocesses on ports they are proven to hold alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.certs import Chain
+from tests.listeners import PortTaken, own_listeners, unused_ports
 
 Handler = Callable[[socket.socket], None]
 
@@ -37,6 +39,8 @@ class TcpServer:
         self.port: int = self.sock.getsockname()[1]
         self.handler = handler
         self.connections: list[socket.socket] = []
+        self._peers: dict[int, tuple[str, int]] = {}
+        self._markers: set[tuple[str, int]] = set()
         self._closed = threading.Event()
         if accept:
             threading.Thread(target=self._serve, daemon=True).start()
@@ -50,15 +54,36 @@ class TcpServer:
     def _serve(self) -> None:
         while not self._closed.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, peer = self.sock.accept()
             except OSError:
                 return
+            self._peers[id(conn)] = peer[:2]
             self.connections.append(conn)
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
             self.handler(conn)
+
+    def accepted_before_now(self, timeout: float = 10) -> int:
+        """How many connections reached this server before now, counted once the accept
+        thread has taken every one of them: a marker connection is made and waited for, and
+        connections are accepted in the order they were made. So a test that asserts that
+        nothing connected does not pass merely because the accept thread was slow. Marker
+        connections (this one and earlier ones) are not counted."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as marker:
+            marker.connect((self.host, self.port))
+            mine = marker.getsockname()[:2]
+            self._markers.add(mine)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                peers = [self._peers.get(id(conn)) for conn in list(self.connections)]
+                if mine in peers:
+                    before = peers[: peers.index(mine)]
+                    return sum(1 for peer in before if peer not in self._markers)
+                time.sleep(0.01)
+        raise AssertionError(f"the marker connection to {self.endpoint} was not accepted")
 
     def close(self) -> None:
         """Stop accepting and close every connection."""
@@ -192,15 +217,6 @@ class RecordingProxy:
         self.server.close()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def record_types(stream: bytes) -> list[int]:
     """The content types of the TLS records in ``stream``."""
     types: list[int] = []
@@ -213,28 +229,43 @@ def record_types(stream: bytes) -> list[int]:
 
 
 class CommandServer:
-    """A TLS server program run as a subprocess on a free loopback port."""
+    """A TLS server program run as a subprocess on a loopback port that it alone listens on
+    (``tests.listeners``): picked free, bound by the program, started again on another port
+    should someone else have taken it first."""
 
-    def __init__(self, command: list[str], port: int) -> None:
-        if shutil.which(command[0]) is None:
-            raise RuntimeError(f"{command[0]} is not installed (scripts/install-servers.sh)")
-        self.port = port
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+    def __init__(self, command: Callable[[int], list[str]]) -> None:
+        name = command(0)[0]
+        if shutil.which(name) is None:
+            raise RuntimeError(f"{name} is not installed (scripts/install-servers.sh)")
+        failures = []
+        for _ in range(5):
+            (self.port,) = unused_ports(1)
+            self.proc = subprocess.Popen(
+                command(self.port), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+            try:
+                if self._listening():
+                    return
+            except PortTaken as exc:
+                failures.append(str(exc))
+                self.close()
+                continue
+            self.close()  # first: its stderr ends only once it is gone
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            failures.append(f"did not listen: {err}")
+        raise RuntimeError(f"{name} did not start: {failures}")
+
+    def _listening(self) -> bool:
+        """Wait until it listens (True) or exits (False); PortTaken if someone else does."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                return
+            if own_listeners(self.proc.pid, [self.port]):
+                return True
             if self.proc.poll() is not None:
-                break
+                return False
             time.sleep(0.05)
-        err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-        self.close()
-        raise RuntimeError(f"{command[0]} did not start: {err}")
+        return False
 
     def close(self) -> None:
         """Stop the server."""
@@ -246,13 +277,11 @@ class OpensslServer(CommandServer):
     """``openssl s_server`` for legacy protocol versions and ciphers."""
 
     def __init__(self, chain: Chain, *extra: str) -> None:
-        port = free_port()
         super().__init__(
-            [
+            lambda port: [
                 "openssl", "s_server", "-accept", f"127.0.0.1:{port}",
                 "-cert", str(chain.cert_file), "-key", str(chain.key_file), "-quiet", *extra,
             ],
-            port,
         )  # fmt: skip
 
 
@@ -264,13 +293,11 @@ class GnutlsServer(CommandServer):
     """
 
     def __init__(self, chain: Chain, priority: str) -> None:
-        port = free_port()
         super().__init__(
-            [
+            lambda port: [
                 "gnutls-serv", "--echo", "-p", str(port), "--priority", priority,
                 "--x509certfile", str(chain.cert_file), "--x509keyfile", str(chain.key_file),
             ],
-            port,
         )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -148,7 +149,11 @@ class Folder:
             st = self.lstat(name)
         if stat.S_ISLNK(st.st_mode):
             raise _link_refused(path)
-        fd = os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=self.fd)
+        fd = _open_made(
+            lambda: os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=self.fd),
+            lambda: os.chmod(name, DIR_MODE, dir_fd=self.fd),
+            created=created,
+        )
         return _checked(path, fd, created=created)
 
     def close(self) -> None:
@@ -174,6 +179,36 @@ def _link_refused(path: Path) -> StateDirError:
         f"{path} is a symbolic link: the agent does not follow links inside its state dir; "
         "remove it (nothing else writes there)"
     )
+
+
+def _make_parents(path: Path) -> None:
+    """Make the missing folders up to ``path`` with the modes the umask gives, each with
+    its owner's rwx added: under umask 0777 a folder made 000 could not even hold the next
+    one (for a user without root's privilege)."""
+    if path.is_dir():
+        return
+    _make_parents(path.parent)
+    try:
+        os.mkdir(path)  # noqa: PTH102 - tells us whether we made it
+    except FileExistsError:
+        return
+    mode = stat.S_IMODE(os.stat(path).st_mode)  # noqa: PTH116 - beside os.mkdir
+    if mode & 0o700 != 0o700:
+        path.chmod(mode | 0o700)
+
+
+def _open_made(opener: Callable[[], int], chmod: Callable[[], None], *, created: bool) -> int:
+    """Open a folder with ``opener``; one this process just made and cannot read is
+    chmod'ed 0700 first: mkdir's mode is cut by the umask, and 0777 leaves 000, which only
+    root may open. Only a user without that privilege gets here, and its chmod can touch
+    nothing but its own files, so the path it goes by needs no more trust than the open."""
+    try:
+        return opener()
+    except PermissionError:
+        if not created:
+            raise
+    chmod()
+    return opener()
 
 
 def _checked(path: Path, fd: int, *, created: bool) -> Folder:
@@ -205,7 +240,7 @@ def open_folder(path: Path, *, follow: bool = True) -> Folder:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(path.parent)
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, DIR_MODE)  # noqa: PTH102 - tells us whether we made it
             created = True
@@ -220,5 +255,9 @@ def open_folder(path: Path, *, follow: bool = True) -> Folder:
                 "TRACKSSL_STATE_DIR to a directory of your own"
             )
     flags = os.O_RDONLY | _DIRECTORY | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags if follow else flags | _NOFOLLOW)
+    fd = _open_made(
+        lambda: os.open(path, flags if follow else flags | _NOFOLLOW),
+        lambda: path.chmod(DIR_MODE),
+        created=created,
+    )
     return _checked(path, fd, created=created)
