@@ -5,7 +5,7 @@
 leaf + intermediate chain, ``scripts/bench_nginx.py``; install nginx with
 ``scripts/install-bench.sh``) runs alternately from this tree (every result judged: path
 built to the OS store plus ``--ca-file``, names, weak crypto, text with problems and summary)
-and from a baseline tree without judging: by default the commit before ``verdict.py`` was
+and from a baseline tree without judging: by default the commit before ``verdict/judge.py`` was
 added, exported with ``git archive`` into a temporary folder (the repository is not touched).
 Both run as ``python -m trackssl_agent`` children of the same interpreter; wall time is
 process start to exit, CPU is the child's user + system time. The goal: the judged median
@@ -97,13 +97,13 @@ def distinct_chains(
 
 
 def baseline_rev() -> str:
-    """The parent of the commit that added ``trackssl_agent/verdict.py``."""
+    """The parent of the commit that added ``trackssl_agent/verdict/judge.py``."""
     added = subprocess.run(
-        ["git", "log", "--diff-filter=A", "--format=%H", "--", "trackssl_agent/verdict.py"],
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", "trackssl_agent/verdict/judge.py"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     if not added:
-        raise SystemExit("no commit adds trackssl_agent/verdict.py: give --baseline-rev")
+        raise SystemExit("no commit adds trackssl_agent/verdict/judge.py: give --baseline-rev")
     return f"{added[-1]}^"
 
 

@@ -60,26 +60,26 @@ class Mutation:
     """pytest arguments: files, node ids, ``-k`` expressions."""
 
 
-_PROBE_TESTS = ("tests/test_probe_failures.py", "tests/test_probe.py")
+_PROBE_TESTS = ("tests/engine/test_probe_failures.py", "tests/engine/test_probe.py")
 _LOG_TESTS = (
-    "tests/test_secret.py",
-    "tests/test_config.py",
-    "tests/test_check_once.py::test_token_echoed_into_a_log_line_is_masked_in_every_log_format",
+    "tests/config/test_secret.py",
+    "tests/config/test_config.py",
+    "tests/agent/test_check_once.py::test_token_echoed_into_a_log_line_is_masked_in_every_log_format",
 )
 _OUTBOX_TESTS = (
-    "tests/test_outbox.py",
-    "tests/test_cycle.py::test_every_result_is_on_disk_before_its_post_arrives",
+    "tests/state/test_outbox.py",
+    "tests/agent/test_cycle.py::test_every_result_is_on_disk_before_its_post_arrives",
 )
 _STARTTLS_TESTS = (
-    "tests/test_starttls.py",
+    "tests/engine/test_starttls.py",
     "-k",
     "refusal or multiline or queued or bytes_after or waits_for_each or endless",
 )
 _ALLOW_TESTS = (
-    "tests/test_config.py",
-    "tests/test_config_hostile.py",
-    "tests/test_probe.py",
-    "tests/test_cycle.py::test_allow_list_denies_without_contact",
+    "tests/config/test_config.py",
+    "tests/config/test_config_hostile.py",
+    "tests/engine/test_probe.py",
+    "tests/agent/test_cycle.py::test_allow_list_denies_without_contact",
 )
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -87,7 +87,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "deadline-rearmed-after-starttls",
         "the handshake gets a fresh deadline after the STARTTLS dialogue",
-        "trackssl_agent/probe.py",
+        "trackssl_agent/engine/probe.py",
         "            io = start_tls(target, target.starttls, conn, servername or target.host)",
         "            io = start_tls(target, target.starttls, conn, servername or target.host)"
         "; conn.deadline = Deadline(settings.timeout)",
@@ -96,7 +96,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "deadline-rearmed-after-connect",
         "the dialogue and handshake get a fresh deadline after connect",
-        "trackssl_agent/probe.py",
+        "trackssl_agent/engine/probe.py",
         "        conn = Conn(sock, deadline)",
         "        conn = Conn(sock, Deadline(settings.timeout))",
         _PROBE_TESTS,
@@ -104,7 +104,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "deadline-never-runs-out",
         "every blocking step gets the whole timeout again (a trickling server never ends)",
-        "trackssl_agent/transport.py",
+        "trackssl_agent/engine/transport.py",
         "        left = self.expires - self._clock()",
         "        left = self.seconds",
         _PROBE_TESTS,
@@ -112,7 +112,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "dns-lookup-unbounded",
         "a hung DNS lookup is waited for past the deadline",
-        "trackssl_agent/probe.py",
+        "trackssl_agent/engine/probe.py",
         "    if not done.wait(left):",
         "    if not done.wait(left * 4):",
         _PROBE_TESTS,
@@ -147,16 +147,16 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "redaction-of-partial-runs-dropped",
         "a snippet holding part of the token (8 or more of its characters) is printed",
-        "trackssl_agent/redaction.py",
+        "trackssl_agent/base/redaction.py",
         "            spans = _spans(text, grams)",
         "            spans = []",
-        ("tests/test_redaction.py",),
+        ("tests/base/test_redaction.py",),
     ),
     # -- outbox durability -------------------------------------------------------------
     Mutation(
         "outbox-written-in-place",
         "a segment is written under its own name, not a temporary renamed over it",
-        "trackssl_agent/outbox_disk.py",
+        "trackssl_agent/state/outbox_disk.py",
         '    tmp = f".{name}.tmp"',
         "    tmp = name",
         _OUTBOX_TESTS,
@@ -164,7 +164,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "outbox-no-file-fsync",
         "a segment's bytes are not fsynced before the rename",
-        "trackssl_agent/outbox_disk.py",
+        "trackssl_agent/state/outbox_disk.py",
         "            fsync(fd)",
         "            pass",
         _OUTBOX_TESTS,
@@ -172,7 +172,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "outbox-no-folder-fsync",
         "the rename of a new segment is not made durable",
-        "trackssl_agent/outbox_disk.py",
+        "trackssl_agent/state/outbox_disk.py",
         "    folder.fsync()",
         "    pass",
         _OUTBOX_TESTS,
@@ -180,7 +180,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "outbox-post-before-store",
         "results are posted while held in memory only (stored at close)",
-        "trackssl_agent/outbox.py",
+        "trackssl_agent/state/outbox.py",
         "            seg_id = self._new_segment(self._write(records), len(records))",
         "            seg_id = self._new_segment(None, len(records))",
         _OUTBOX_TESTS,
@@ -189,41 +189,45 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "lock-never-held",
         "two agents can use one state dir at once",
-        "trackssl_agent/lock.py",
+        "trackssl_agent/state/lock.py",
         "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
         "        pass",
-        ("tests/test_lock.py", "tests/test_outbox.py", "-k", "lock"),
+        ("tests/state/test_lock.py", "tests/state/test_outbox.py", "-k", "lock"),
     ),
     # -- exit codes --------------------------------------------------------------------
     Mutation(
         "exit-0-with-results-waiting",
         "a cycle that left results undelivered exits 0",
-        "trackssl_agent/report.py",
+        "trackssl_agent/render/report.py",
         "    return ExitCode.WARNING if waits else ExitCode.OK",
         "    return ExitCode.OK",
-        ("tests/test_exit_codes.py", "tests/test_cycle.py"),
+        ("tests/render/test_exit_codes.py", "tests/agent/test_cycle.py"),
     ),
     Mutation(
         "exit-auth-failure-not-critical",
         "rejected tokens do not exit 2",
-        "trackssl_agent/report.py",
+        "trackssl_agent/render/report.py",
         "    if auth_failed:",
         "    if False:",
-        ("tests/test_exit_codes.py", "tests/test_cycle.py"),
+        ("tests/render/test_exit_codes.py", "tests/agent/test_cycle.py"),
     ),
     Mutation(
         "exit-crit-days-ignored",
         "a certificate within --crit-days is not CRITICAL",
-        "trackssl_agent/verdict.py",
+        "trackssl_agent/verdict/judge.py",
         "    if left < policy.crit_days * _DAY:",
         "    if left < 0:",
-        ("tests/test_exit_codes.py", "tests/test_cli_probe.py", "tests/test_verdict.py"),
+        (
+            "tests/render/test_exit_codes.py",
+            "tests/cli/test_cli_probe.py",
+            "tests/verdict/test_verdict.py",
+        ),
     ),
     # -- the allow list ----------------------------------------------------------------
     Mutation(
         "allow-list-allows-every-address",
         "TRACKSSL_ALLOW lets any address through",
-        "trackssl_agent/allow.py",
+        "trackssl_agent/engine/allow.py",
         "        return any(ip in network for network in self.networks"
         " if network.version == ip.version)",
         "        return True",
@@ -232,7 +236,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "allow-list-not-applied",
         "the probe contacts addresses the allow list denies",
-        "trackssl_agent/probe.py",
+        "trackssl_agent/engine/probe.py",
         "        addresses = _allowed(target, addresses, settings.allow)",
         "        pass",
         _ALLOW_TESTS,
@@ -240,7 +244,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "allow-list-ipv4-mapped-unmapped",
         "an IPv4-mapped IPv6 address is not checked as the IPv4 address it is",
-        "trackssl_agent/allow.py",
+        "trackssl_agent/engine/allow.py",
         "        return ip.ipv4_mapped",
         "        return ip",
         _ALLOW_TESTS,
@@ -249,7 +253,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "starttls-coded-reply-unchecked",
         "an SMTP/LMTP/FTP/NNTP refusal is taken for the go-ahead",
-        "trackssl_agent/starttls.py",
+        "trackssl_agent/engine/starttls.py",
         "    if code not in wanted:",
         "    if False:",
         _STARTTLS_TESTS,
@@ -257,7 +261,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "starttls-pop3-reply-unchecked",
         "a POP3 -ERR to STLS is taken for the go-ahead",
-        "trackssl_agent/starttls.py",
+        "trackssl_agent/engine/starttls.py",
         '    if not reply.startswith(b"+OK"):',
         "    if False:",
         _STARTTLS_TESTS,
@@ -265,7 +269,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "starttls-imap-reply-unchecked",
         "an IMAP NO to STARTTLS is taken for the go-ahead",
-        "trackssl_agent/starttls.py",
+        "trackssl_agent/engine/starttls.py",
         '    if not line[3:].upper().startswith(b"OK"):',
         "    if False:",
         _STARTTLS_TESTS,
@@ -273,7 +277,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "starttls-injection-accepted",
         "plaintext queued behind the go-ahead is not refused (STARTTLS injection)",
-        "trackssl_agent/starttls.py",
+        "trackssl_agent/engine/starttls.py",
         "    if stray:",
         "    if False:",
         _STARTTLS_TESTS,

@@ -34,7 +34,7 @@ from tests.listeners import PortTaken, own_listeners, unused_ports
 from tests.privileges import need_root
 from tests.shared_dirs import shared_dir
 from tests.tls_servers import TcpServer, server_context
-from trackssl_agent.starttls_binary import parse_prelogin, prelogin_options, tds_packets
+from trackssl_agent.engine.starttls_binary import parse_prelogin, prelogin_options, tds_packets
 
 READY_TIMEOUT = 30.0
 ATTEMPTS = 5

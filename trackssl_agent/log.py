@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from trackssl_agent import redaction
-from trackssl_agent.log_file import LogFileHandler
+from trackssl_agent.base import redaction
+from trackssl_agent.base.log_file import LogFileHandler
 
 LOGGER_NAME = "trackssl_agent"
 REDACTED = redaction.REDACTED

@@ -1,10 +1,11 @@
 """The command line: a click group whose commands are loaded only when they run.
 
-This package is the only place that imports click. Exit codes follow SPEC section 2; click's
-own usage errors exit 3, not click's default 2. ``--version`` and the group's ``--help``
-import no command: each command's module (and the engine behind it) is imported when that
-command is named, and ``--version`` alone does not even import click. That keeps them fast
-in a venv and in the frozen builds.
+This package is the only place that imports click; it may import every part, and only
+``__main__`` imports it. Exit codes follow SPEC section 2; click's own usage errors exit 3,
+not click's default 2. ``--version`` and the group's ``--help`` import no command: each
+command's module (and the engine behind it) is imported when that command is named, and
+``--version`` alone does not even import click. That keeps them fast in a venv and in the
+frozen builds.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ def _one_line(text: str) -> str:
 
 def _exit_code(exc: BaseException, *, usage: str | None = None) -> int:
     """The exit code ``report`` decides for ``exc`` (a usage error when ``usage`` is given)."""
-    from trackssl_agent import report  # noqa: PLC0415 - error paths only
     from trackssl_agent.errors import UsageError  # noqa: PLC0415
+    from trackssl_agent.render import report  # noqa: PLC0415 - error paths only
 
     if usage is not None:
         return int(report.error_exit_code(UsageError(usage)))

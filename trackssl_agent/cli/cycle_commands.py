@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trackssl_agent import config, output_file, protocols, settings
 from trackssl_agent.cli.options import (
     FILE,
     config_option,
@@ -26,14 +25,17 @@ from trackssl_agent.cli.options import (
     setting_options,
 )
 from trackssl_agent.cli.probe_command import judged_run, render_results
+from trackssl_agent.config import config, settings
+from trackssl_agent.engine import protocols
+from trackssl_agent.engine.probe import address_family
+from trackssl_agent.engine.targets import read_targets_path
 from trackssl_agent.errors import AgentError, ExitCode, UsageError
 from trackssl_agent.log import get_logger, printable, redact
-from trackssl_agent.probe import address_family
-from trackssl_agent.targets import read_targets_path
+from trackssl_agent.render import output_file
 
 if TYPE_CHECKING:  # the cycle (and the API client) is imported only when a command needs it
-    from trackssl_agent.cycle_report import CycleReport
-    from trackssl_agent.targets import Target
+    from trackssl_agent.agent.cycle_report import CycleReport
+    from trackssl_agent.engine.targets import Target
 
 
 def _load_config(config_path: Path | None, **values: str | float | Path | None) -> config.Config:
@@ -105,7 +107,7 @@ def check_once(
     exporter's textfile collector, --format nagios a plugin's output.
     """
     # Imported here: requests and the API client cost ~0.2 s that --version and probe skip.
-    from trackssl_agent import compose  # noqa: PLC0415
+    from trackssl_agent.agent import compose  # noqa: PLC0415
 
     fmt = output_format(as_json=as_json, chosen=chosen_format)
     _check_mode_options(targets_file, starttls=starttls, fmt=fmt, output_path=output_path)
@@ -148,8 +150,8 @@ def _local_mode(
     crit_days: int,
 ) -> int:
     """``check-once --targets``: probe, judge and render as ``probe`` does (SPEC section 4a)."""
-    from trackssl_agent import compose  # noqa: PLC0415 - see check_once
-    from trackssl_agent.verdict import Policy  # noqa: PLC0415 - judging only
+    from trackssl_agent.agent import compose  # noqa: PLC0415 - see check_once
+    from trackssl_agent.verdict.judge import Policy  # noqa: PLC0415 - judging only
 
     # Text on a terminal streams, and is its own progress: a rewritten stderr line would
     # land in the middle of it.
@@ -230,7 +232,7 @@ def run(
     SIGTERM or Ctrl-C (Ctrl-Break on Windows) stops it cleanly: no new probes, results not
     yet delivered stay in the outbox, exit 0. Another signal 2 s or more later exits at once.
     """
-    from trackssl_agent import scheduler  # noqa: PLC0415 - see check_once
+    from trackssl_agent.agent import scheduler  # noqa: PLC0415 - see check_once
 
     cfg = _load_config(
         config_path, interval=interval, timeout=timeout, concurrency=concurrency,

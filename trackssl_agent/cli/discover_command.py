@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from trackssl_agent import config, output_file, settings
 from trackssl_agent.cli.options import config_option, family_option, output_option, setting_option
-from trackssl_agent.discover import default_ports, make_resolver, parse_ports, plan
-from trackssl_agent.discover_scan import (
+from trackssl_agent.config import config, settings
+from trackssl_agent.discover.plan import default_ports, make_resolver, parse_ports, plan
+from trackssl_agent.discover.scan import (
     DEFAULT_RATE,
     json_entry,
     render_json,
@@ -21,8 +21,9 @@ from trackssl_agent.discover_scan import (
     scan,
     targets_line,
 )
+from trackssl_agent.engine.probe import ProbeSettings, address_family
 from trackssl_agent.errors import ExitCode
-from trackssl_agent.probe import ProbeSettings, address_family
+from trackssl_agent.render import output_file
 
 _DEFAULT_PORTS = ",".join(str(port) for port in default_ports())
 

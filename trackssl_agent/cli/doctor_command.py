@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from trackssl_agent import doctor
 from trackssl_agent.cli.options import AsciiIntRange, config_option
+from trackssl_agent.doctor import checkup
 
 
 @click.command("doctor")
@@ -32,9 +32,9 @@ def doctor_command(
     Exit 0 when nothing failed, 2 when a check failed, 3 when the configuration cannot be
     read. The auth token is never shown, only its length.
     """
-    diagnosis = doctor.diagnose(
+    diagnosis = checkup.diagnose(
         config_path=config_path, targets_sample=targets_sample, send_probe=send_probe
     )
-    render = doctor.render_json if as_json else doctor.render_text
+    render = checkup.render_json if as_json else checkup.render_text
     click.echo(render(diagnosis.checks))
     return int(diagnosis.exit_code)

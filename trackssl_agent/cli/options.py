@@ -8,9 +8,11 @@ from typing import Any, TypeVar
 
 import click
 
-from trackssl_agent import ascii_values, protocols, settings
+from trackssl_agent.base import ascii_values
+from trackssl_agent.config import settings
+from trackssl_agent.config.settings import Kind
+from trackssl_agent.engine import protocols
 from trackssl_agent.errors import UsageError
-from trackssl_agent.settings import Kind
 
 F = TypeVar("F", bound=Callable[..., Any])
 

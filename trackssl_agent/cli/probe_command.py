@@ -10,18 +10,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from trackssl_agent import config, output, output_file, settings
 from trackssl_agent.cli.options import output_format, output_option, probe_options
+from trackssl_agent.config import config, settings
+from trackssl_agent.engine.probe import ProbeSettings, address_family
+from trackssl_agent.engine.results import ProbeResult
+from trackssl_agent.engine.targets import Target, encode_hostname, parse_target
 from trackssl_agent.errors import UsageError
 from trackssl_agent.log import setup_logging
-from trackssl_agent.probe import ProbeSettings, address_family
-from trackssl_agent.report import probe_exit_code
-from trackssl_agent.results import ProbeResult
-from trackssl_agent.targets import Target, encode_hostname, parse_target
+from trackssl_agent.render import output, output_file
+from trackssl_agent.render.report import probe_exit_code
 
 if TYPE_CHECKING:  # judging is imported when a judged command runs, never for the API path
-    from trackssl_agent.local_mode import Outcome
-    from trackssl_agent.verdict import Policy
+    from trackssl_agent.verdict.judge import Policy
+    from trackssl_agent.verdict.local_mode import Outcome
 
 
 def format_results(results: Sequence[ProbeResult], *, fmt: str, now: datetime) -> str:
@@ -71,9 +72,10 @@ def judged_run(
 
     Text on stdout is written as it becomes ready, each target once every target before it
     is done; other formats, ``--output`` and ``--pem`` are written whole at the end."""
-    from trackssl_agent import judged_output, local_mode  # noqa: PLC0415 - judging only
-    from trackssl_agent.trust_store import LazyAnchors, load_ca_file  # noqa: PLC0415
-    from trackssl_agent.verdict import Judge, Judged  # noqa: PLC0415
+    from trackssl_agent.render import judged_output  # noqa: PLC0415 - judging only
+    from trackssl_agent.verdict import local_mode  # noqa: PLC0415 - judging only
+    from trackssl_agent.verdict.judge import Judge, Judged  # noqa: PLC0415
+    from trackssl_agent.verdict.trust_store import LazyAnchors, load_ca_file  # noqa: PLC0415
 
     extra = load_ca_file(ca_file) if ca_file is not None else []
     judge = Judge(policy, LazyAnchors(extra, extra_source=str(ca_file) if ca_file else None))
@@ -127,7 +129,7 @@ def judging_policy(
 ) -> tuple[Policy, Path | None]:
     """The judging policy and ``--ca-file`` of ``probe``: these options over the process
     environment (``TRACKSSL_VERIFY``, ``TRACKSSL_CA_FILE``); probe reads no config file."""
-    from trackssl_agent.verdict import Policy  # noqa: PLC0415 - judging only
+    from trackssl_agent.verdict.judge import Policy  # noqa: PLC0415 - judging only
 
     values = config.from_environment(
         ("verify", "ca_file"), options={"verify": verify, "ca_file": ca_file}

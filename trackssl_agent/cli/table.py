@@ -1,7 +1,7 @@
 """The commands of the group, by name, without click: ``--version`` and ``--help`` on a
 terminal of 80 columns or more are answered from here before click is imported (50 ms in a
 venv, over 100 ms in the frozen builds). ``render_group_help`` writes what click writes;
-``tests/test_cli_group.py`` compares the two.
+``tests/cli/test_cli_group.py`` compares the two.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Tests of ``trackssl_agent/engine/``."""

@@ -1,0 +1,1 @@
+"""Tests of the test harness itself: held ports, and the test command's set-up."""

@@ -1,0 +1,1 @@
+"""Tests of the frozen builds and of the packaging inputs under ``build/``."""
