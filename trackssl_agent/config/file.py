@@ -85,6 +85,9 @@ class Line:
 
 
 def _unquote(value: str, *, where: str, key: str) -> str:
+    # Only the agent's own keys are named: a pasted token may stand before the '=' too.
+    if not key.upper().startswith("TRACKSSL_"):
+        key = "the value (key not shown: it may be a secret)"
     if value[:1] in {'"', "'"}:
         quote = value[0]
         end = value.find(quote, 1)
