@@ -152,6 +152,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            spans = []",
         ("tests/base/test_redaction.py",),
     ),
+    Mutation(
+        "loopback-api-proxied",
+        "a plain-http loopback API is sent through HTTP_PROXY, the token in clear",
+        "trackssl_agent/cloud/api.py",
+        "    if not proxiable(url):\n        return {}",
+        "    pass",
+        ("tests/cloud/test_api_proxy.py",),
+    ),
+    Mutation(
+        "outside-numbers-not-ascii",
+        "Retry-After: \u00b2 (a Unicode digit) reaches float() and ends in an internal error",
+        "trackssl_agent/base/ascii_values.py",
+        "    return text.isascii() and text.isdigit()",
+        "    return text.isdigit()",
+        ("tests/base/test_ascii_values.py",),
+    ),
+    Mutation(
+        "log-file-follows-links",
+        "root appends to any file through a log link another user planted",
+        "trackssl_agent/base/log_file.py",
+        '_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)',
+        "_NOFOLLOW = 0",
+        ("tests/base/test_log_file.py",),
+    ),
     # -- outbox durability -------------------------------------------------------------
     Mutation(
         "outbox-written-in-place",
