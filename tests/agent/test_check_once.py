@@ -86,10 +86,17 @@ def test_local_mode_bad_target_line(env: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_example_targets_file_parses(capsys: pytest.CaptureFixture[str]) -> None:
-    """The shipped examples/targets.txt is a valid targets file."""
+    """The shipped examples/targets.txt is a valid targets file: its active lines (the public
+    endpoints) and, once uncommented, every commented-out example of a target form."""
     path = ROOT / "examples" / "targets.txt"
     lines = path.read_text().splitlines()
-    assert len(read_targets_file(lines, source=str(path), starttls="auto")) >= 5
+    active = read_targets_file(lines, source=str(path), starttls="auto")
+    assert [target.text for target in active] == [
+        "www.google.com", "imaps://imap.gmail.com", "submission://smtp.gmail.com",
+    ]  # fmt: skip
+    # A commented-out example is "# TARGET": one word after the mark (prose has spaces).
+    examples = [line[2:] for line in lines if line.startswith("# ") and " " not in line[2:]]
+    assert len(read_targets_file(examples, source=str(path), starttls="auto")) >= 5
 
 
 # -- API mode ----------------------------------------------------------------------------

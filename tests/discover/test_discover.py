@@ -124,19 +124,21 @@ def expires(chain: Chain) -> str:
 
 
 def _readme_ports() -> set[int]:
-    """The ports of the README's direct-TLS scheme list and its STARTTLS table."""
-    readme = (ROOT / "README.md").read_text()
+    """The ports of the docs' direct-TLS scheme list and their STARTTLS table
+    (docs/targets-and-protocols.md)."""
+    readme = (ROOT / "docs" / "targets-and-protocols.md").read_text()
     direct = re.search(r"^Direct TLS schemes: (.*?)\(no default", readme, re.M | re.S)
     assert direct
     ports = {int(p) for p in re.findall(r"`\w+` (\d+)", direct.group(1))}
-    section = readme.split("## STARTTLS protocols", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("\n## STARTTLS protocols\n", 1)[1].split("\n## ", 1)[0]
     for row in re.findall(r"^\| [a-z0-9-]+ \| `.*$", section, re.M):
         ports |= {int(p) for p in row.split("|")[4].replace(" ", "").split(",")}
     return ports
 
 
 def test_default_ports_are_the_readme_tables_plus_8443() -> None:
-    """The default port list is every README direct-TLS and STARTTLS port, and 8443."""
+    """The default port list is every direct-TLS and STARTTLS port of the docs' tables
+    (docs/targets-and-protocols.md), and 8443."""
     readme = _readme_ports()
     assert len(readme) >= 20
     assert set(default_ports()) == readme | {8443}
@@ -606,7 +608,7 @@ def test_usage_errors_exit_3_before_any_connection(
 # --- streaming: nothing listed, nothing kept but the output, each endpoint once -------
 
 MEMORY_BOUND_KIB = 64 * 1024
-"""The peak RSS the README promises for a scan, whatever the ranges: measured at about
+"""The peak RSS docs/commands.md promises for a scan, whatever the ranges: measured at about
 25 MiB on Linux (CPython 3.11), so this is a correctness bound with room, not a timing."""
 
 
@@ -665,7 +667,7 @@ def test_ipv4_mapped_spellings_are_their_ipv4_addresses() -> None:
 def test_scan_of_huge_ranges_is_bounded_in_memory(env: Path, networks: list[str]) -> None:
     """A real ``discover`` over a /8, or over ::/0 and 0.0.0.0/0 with --max-pairs 10**42,
     under a one-address TRACKSSL_ALLOW: it tries that one address, exits 0, and its peak
-    RSS stays under the README's bound (the plan is never listed)."""
+    RSS stays under the documented bound (the plan is never listed)."""
     if not Path("/proc/self/status").exists():
         pytest.skip("peak RSS is read from /proc (Linux)")
     port = closed_port()
@@ -682,7 +684,7 @@ def test_scan_of_huge_ranges_is_bounded_in_memory(env: Path, networks: list[str]
 
 def test_endpoints_found_keep_their_line_not_their_chain(env: Path) -> None:
     """400 endpoints presenting 96 KB chains (about the most OpenSSL takes; 38 MB in all)
-    are all listed, while the real ``discover`` process stays under the README's bound:
+    are all listed, while the real ``discover`` process stays under the documented bound:
     of each endpoint only its output line is kept."""
     if not Path("/proc/self/status").exists():
         pytest.skip("peak RSS is read from /proc (Linux)")

@@ -268,8 +268,8 @@ def test_file_larger_than_16_mib_is_refused() -> None:
 
 
 def test_more_than_max_targets_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MAX_TARGETS (100,000, as the README says) targets are read; one more is refused
-    naming its line and the limit (the boundary checked at a limit of 5)."""
+    """MAX_TARGETS (100,000, as docs/targets-and-protocols.md says) targets are read; one
+    more is refused naming its line and the limit (the boundary checked at a limit of 5)."""
     assert MAX_TARGETS == 100_000
     monkeypatch.setattr(targets, "MAX_TARGETS", 5)
     assert len(_read(b"# header\n" + b"a.example\n" * 5)) == 5

@@ -1,7 +1,7 @@
 """The frozen (PyInstaller) agent: version, probe, check-once with environment.txt beside the
 executable, and a long ``run`` that outlives the deletion of its extraction folder.
 
-The build happens once per session (``scripts/build-binary.sh``, the README's "Build from
+The build happens once per session (``scripts/build-binary.sh``, docs/development.md's "Build from
 source"), or not at all when ``dist/`` already holds a build newer than every source file.
 """
 

@@ -23,6 +23,8 @@ from trackssl_agent import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
+DEPLOYMENT = ROOT / "docs" / "deployment.md"
+"""The install, service and uninstall steps per platform (the README has the short form)."""
 TASK_XML = BUILD / "windows" / "trackssl-agent-task.xml"
 TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
 INSTALL_PS1 = ROOT / "scripts" / "install-windows-task.ps1"
@@ -537,13 +539,15 @@ def test_systemd_run_service_and_check_timer() -> None:
     assert one(timer, "Unit") == "trackssl-agent-check.service"
 
 
-def test_readme_creates_the_units_user_and_paths() -> None:
-    """The README creates the user the units run as, and names the units' config path."""
-    readme = (ROOT / "README.md").read_text()
-    assert re.search(rf"useradd --system [^\n]*\b{USER}\n", readme)
-    assert CONFIG in readme
-    assert "/etc/trackssl/" not in readme
-    assert "hardening-systemd245.conf" in readme
+def test_docs_create_the_units_user_and_paths() -> None:
+    """The deployment guide creates the user the units run as, and names the units' config
+    path and the drop-in; neither it nor the README names an old config path."""
+    guide = DEPLOYMENT.read_text()
+    assert re.search(rf"useradd --system [^\n]*\b{USER}\n", guide)
+    assert CONFIG in guide
+    assert "hardening-systemd245.conf" in guide
+    for text_ in (guide, (ROOT / "README.md").read_text()):
+        assert "/etc/trackssl/" not in text_
 
 
 def stage_units(target: Path, *, with_drop_in: bool) -> list[str]:
@@ -703,7 +707,7 @@ DEBIAN_RELEASES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
 
 def test_dockerfile_base_image_is_pinned_by_digest() -> None:
     """Every FROM resolves to a python:3.12-slim tag that names its Debian release, pinned
-    by a sha256 digest; the Dockerfile, the README and the workflow's check of the built
+    by a sha256 digest; the Dockerfile, the deployment guide and the workflow's check of the built
     image all name that release."""
     instructions = dockerfile()
     [arg] = [line for line in instructions if line.startswith("ARG PYTHON_IMAGE=")]
@@ -714,8 +718,8 @@ def test_dockerfile_base_image_is_pinned_by_digest() -> None:
     froms = [line.split()[1] for line in instructions if line.startswith("FROM ")]
     assert froms and all(name == "${PYTHON_IMAGE}" for name in froms), froms
     header = (DOCKER / "Dockerfile").read_text().split("ARG PYTHON_IMAGE", 1)[0]
-    readme = (ROOT / "README.md").read_text().split("### Docker", 1)[1].split("###", 1)[0]
-    for text_ in (header, readme):
+    guide = DEPLOYMENT.read_text().split("\n## Docker\n", 1)[1].split("\n## ", 1)[0]
+    for text_ in (header, guide):
         assert f"python:3.12-slim-{match.group(1)}" in text_
         assert re.findall(r"Debian \d+", text_) == [release]
     build_yml = (ROOT / ".github" / "workflows" / "build.yml").read_text()
@@ -763,9 +767,9 @@ def test_container_stop_grace_and_restart_policy() -> None:
     grace = re.fullmatch(r"(\d+)s", settings["stop_grace_period"])
     assert grace and int(grace.group(1)) >= 10 + 15
     assert settings["stop_signal"] == "SIGTERM"
-    readme = (ROOT / "README.md").read_text()
-    assert "--restart unless-stopped" not in readme
-    assert "--stop-timeout 30" in readme
+    docs = (ROOT / "README.md").read_text() + DEPLOYMENT.read_text()
+    assert "--restart unless-stopped" not in docs
+    assert "--stop-timeout 30" in DEPLOYMENT.read_text()
 
 
 # --- Windows version resource ---------------------------------------------------------------
@@ -833,7 +837,7 @@ def test_clean_runner_installs_the_shared_libpython() -> None:
     libpython3.11: PyInstaller needs Debian's shared libpython, which a clean runner lacks."""
     ci = (WORKFLOWS / "ci.yml").read_text()
     test_job = ci.split("\n  test:\n", 1)[1].split("\n  packaging-systemd-239:", 1)[0]
-    assert "container: debian:12" in test_job
+    assert re.search(r"container:\n\s+image: debian:12\n", test_job), test_job
     [install] = re.findall(r"apt-get install ((?:\\\n|[^\n])+)", test_job)
     assert "libpython3.11" in shell_words(install)
     servers = (ROOT / "scripts" / "install-servers.sh").read_text()
@@ -893,31 +897,33 @@ def test_release_builds_lints_and_installs_the_packages() -> None:
     assert "merge-multiple: true" in release
 
 
-# --- README ---------------------------------------------------------------------------------
+# --- README and docs/ ------------------------------------------------------------------------
 
-
-def readme_blocks() -> list[str]:
-    """The README's fenced sh code blocks."""
-    return re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+"""Every page that shows commands to run."""
 
 
 def test_readme_commands_work_where_they_are_meant_to_run() -> None:
-    """sudo -u names the full path (RHEL's secure_path lacks /usr/local/bin); PowerShell
-    scripts run with -ExecutionPolicy Bypass (Restricted is the default); the Mac install
-    makes /usr/local/bin first; uninstall blocks do not fail on what is not installed."""
-    readme = (ROOT / "README.md").read_text()
-    for match in re.finditer(r"sudo -u \S+ (?:env (?:\S+=\S+ )+)?(\S+)", readme):
-        assert match.group(1).startswith("/"), match.group(0)
-    for line in readme.splitlines():
-        if re.search(r"powershell(\.exe)? .*-File", line):
-            assert "-ExecutionPolicy Bypass" in line, line
-        if re.search(r"(^|`)\.\\\S+\.ps1", line):
-            raise AssertionError(f"a script started without -ExecutionPolicy Bypass: {line}")
-    mac = readme.split("### macOS", 1)[1].split("### Windows", 1)[0]
-    install = mac.index("install -m 0755 trackssl-agent-macos-arm64 /usr/local/bin/")
-    assert "install -d -m 0755 /usr/local/bin" in mac[:install]
-    for section in ("### Linux", "### macOS"):
-        text_ = readme.split(section, 1)[1].split("\n### ", 1)[0]
+    """In the README and every docs/ page: sudo -u names the full path (RHEL's secure_path
+    lacks /usr/local/bin); PowerShell scripts run with -ExecutionPolicy Bypass (Restricted is
+    the default). In the deployment guide: the Mac install makes /usr/local/bin first;
+    uninstall blocks do not fail on what is not installed."""
+    assert len(DOC_PAGES) >= 5
+    for page in DOC_PAGES:
+        text_ = page.read_text()
+        for match in re.finditer(r"sudo -u \S+ (?:env (?:\S+=\S+ )+)?(\S+)", text_):
+            assert match.group(1).startswith("/"), f"{page.name}: {match.group(0)}"
+        for line in text_.splitlines():
+            if re.search(r"powershell(\.exe)? .*-File", line):
+                assert "-ExecutionPolicy Bypass" in line, f"{page.name}: {line}"
+            if re.search(r"(^|`)\.\\\S+\.ps1", line):
+                raise AssertionError(f"{page.name}: a script started without Bypass: {line}")
+        if "install -m 0755 trackssl-agent-macos" in text_:
+            install = text_.index("install -m 0755 trackssl-agent-macos-arm64 /usr/local/bin/")
+            assert "install -d -m 0755 /usr/local/bin" in text_[:install], page.name
+    guide = DEPLOYMENT.read_text()
+    for section in ("## Linux", "## macOS"):
+        text_ = guide.split(f"\n{section}\n", 1)[1].split("\n## ", 1)[0]
         block = text_.split("Uninstall", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
         for line in block.splitlines():
             words = line.split()
@@ -928,24 +934,30 @@ def test_readme_commands_work_where_they_are_meant_to_run() -> None:
 
 
 def test_readme_install_section_starts_with_the_packages() -> None:
-    """Linux: the .deb and .rpm first, then the bare binary; the file names the release
-    publishes are those build-packages.py writes."""
-    linux = (ROOT / "README.md").read_text().split("### Linux", 1)[1].split("\n### ", 1)[0]
-    assert linux.index(".deb") < linux.index("**The single file.**")
-    assert linux.index(".rpm") < linux.index("**The single file.**")
+    """Linux, in the README's install section and the deployment guide: the .deb and .rpm
+    first, then the bare binary; the file names the release publishes are those
+    build-packages.py writes."""
+    readme = (ROOT / "README.md").read_text()
+    install = readme.split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    linux = DEPLOYMENT.read_text().split("\n## Linux\n", 1)[1].split("\n## ", 1)[0]
+    for text_, binary in ((install, "### The release binary"), (linux, "**The single file.**")):
+        assert text_.index(".deb") < text_.index(binary)
+        assert text_.index(".rpm") < text_.index(binary)
+        for name in ("trackssl-agent_amd64.deb", "trackssl-agent.x86_64.rpm"):
+            assert f'"$base/{name}"' in text_[: text_.index(binary)]
     script = (ROOT / "scripts" / "build-packages.py").read_text()
     assert "f\"{pkg['name']}_{pkg.deb_arch}.deb\"" in script
     assert '"%{NAME}.%{ARCH}.rpm"' in script
-    for name in ("trackssl-agent_amd64.deb", "trackssl-agent.x86_64.rpm"):
-        assert f'"$base/{name}"' in linux
 
 
 def test_scripts_named_in_the_docs_exist() -> None:
-    """Every scripts/... file that the README and the CHANGELOG name is in the repository."""
-    for doc in ("README.md", "CHANGELOG.md"):
-        named = set(re.findall(r"scripts/[\w.-]+\.(?:py|sh|ps1)", (ROOT / doc).read_text()))
+    """Every scripts/... file that the README, docs/, ARCHITECTURE.md and the CHANGELOG name
+    is in the repository."""
+    pages = [*DOC_PAGES, ROOT / "ARCHITECTURE.md", ROOT / "CHANGELOG.md"]
+    for doc in pages:
+        named = set(re.findall(r"scripts/[\w.-]+\.(?:py|sh|ps1)", doc.read_text()))
         missing = sorted(name for name in named if not (ROOT / name).exists())
-        assert missing == [], f"{doc}: {missing}"
+        assert missing == [], f"{doc.name}: {missing}"
 
 
 def test_frozen_build_inputs_cover_every_build_file() -> None:
@@ -967,8 +979,9 @@ def test_frozen_build_inputs_cover_every_build_file() -> None:
 
 
 def test_no_reference_to_missing_docs() -> None:
-    """No shipped file points at docs/platforms.md (there is no docs/ folder)."""
-    shipped = [*BUILD.rglob("*"), *(ROOT / "scripts").glob("*.ps1"), ROOT / "README.md"]
+    """No shipped file points at docs/platforms.md, a page that never existed (the platforms
+    are in docs/deployment.md)."""
+    shipped = [*BUILD.rglob("*"), *(ROOT / "scripts").glob("*.ps1"), *DOC_PAGES]
     assert LINUX / SERVICES[0] in shipped
     assert INSTALL_PS1 in shipped
     offenders = [
