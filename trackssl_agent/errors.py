@@ -22,6 +22,12 @@ class AgentError(Exception):
 
     exit_code = ExitCode.CRITICAL
 
+    def __init__(self, message: str = "", *, details: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.details = details
+        """One line per problem found, said before the message that sums them up (each
+        bad line of a targets file); empty for a single problem."""
+
 
 class UsageError(AgentError):
     """Bad command-line input (a target, an option value); nothing was probed."""

@@ -9,11 +9,13 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import tls_servers
 from tests.api_server import (
     AUTH_TOKEN,
     HANG,
@@ -418,3 +420,202 @@ def test_progress_only_on_a_terminal(
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert "targets done" not in piped.stderr
+
+
+# -- messages that mislead (issue 22) ---------------------------------------------------
+
+
+def check_once(
+    state: Path, server: ApiServer | None, *args: str, cwd: Path, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m trackssl_agent check-once ARGS`` to its end; ``extra`` variables over
+    the server's."""
+    return subprocess.run(
+        [sys.executable, "-m", "trackssl_agent", "check-once", *args],
+        env={**subprocess_env(server, state), **extra}, cwd=cwd,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_skipped_entries_are_named_by_their_domain_id(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """A bad domain-list entry is named by its domain_id, as the log names every other
+    domain, not by its place in the list; an entry without a usable id by its number in
+    the list, counted from 1, and saying so."""
+    api_server.domains = [
+        {"domain_id": 5, "hostname": "127.0.0.1", "port": str(closed_port())},
+        {"domain_id": 9, "hostname": "127.0.0.1", "port": "0"},
+        {"hostname": "127.0.0.1", "port": "443"},
+    ]
+    done = check_once(tmp_path / "state", api_server, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "domain_id 9 skipped: bad port '0'" in done.stderr
+    assert "domain list entry number 3 (no usable domain_id) skipped: bad domain_id" in done.stderr
+    assert "entry 1 skipped" not in done.stderr
+
+
+def test_an_unknown_key_is_said_once(tmp_path: Path) -> None:
+    """An unknown key in environment.txt is one warning; exported from the file into the
+    environment as well (``set -a; . environment.txt``), still one."""
+    (tmp_path / "environment.txt").write_text("TRACKSSL_CONCURENCY=4\n")
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"127.0.0.1:{closed_port()}\n")
+    for extra in ({}, {"TRACKSSL_CONCURENCY": "4"}):
+        done = check_once(
+            tmp_path / "state", None, "--targets", str(targets), cwd=tmp_path, **extra
+        )
+        assert done.returncode == 2, done.stderr
+        said = [line for line in done.stderr.splitlines() if "TRACKSSL_CONCURENCY" in line]
+        assert len(said) == 1, done.stderr
+        assert "did you mean TRACKSSL_CONCURRENCY?" in said[0]
+
+
+def test_https_to_a_plain_http_api_says_so_in_the_agents_words(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """TRACKSSL_URL https:// to an API that speaks plain http: one line saying the server
+    does not speak TLS and the URL to set, without the library's words, and no retries
+    (a wrong URL stays wrong)."""
+    url = f"https://127.0.0.1:{api_server.port}"
+    done = check_once(tmp_path / "state", api_server, cwd=tmp_path, TRACKSSL_URL=url)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"trackssl-agent: the server at {url} does not speak TLS: is it http? "
+        f"Then set TRACKSSL_URL={api_server.url}"
+    ]
+    assert len(api_server.requests) == 0  # TLS never got as far as a request
+
+
+def test_an_api_url_with_a_path_is_refused_before_any_request(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """TRACKSSL_URL with a path (the API's own /api/v1 pasted in) is a configuration error
+    saying so, not a 404 that blames the agent token."""
+    done = check_once(
+        tmp_path / "state", api_server, cwd=tmp_path, TRACKSSL_URL=f"{api_server.url}/api/v1"
+    )
+    assert done.returncode == 3
+    [line] = done.stderr.splitlines()
+    assert "environment variable TRACKSSL_URL: expected a base URL without a path" in line
+    assert "TRACKSSL_AGENT_TOKEN" not in line
+    assert api_server.requests == []
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing"])
+def test_a_targets_path_that_is_no_file_gets_the_agents_line(tmp_path: Path, kind: str) -> None:
+    """--targets naming a folder or nothing: exit 3 and one line of the agent's, never
+    click's usage block."""
+    path = tmp_path / "targets"
+    if kind == "folder":
+        path.mkdir()
+    done = check_once(tmp_path / "state", None, "--targets", str(path), cwd=tmp_path)
+    assert done.returncode == 3
+    reason = "it is a folder; name a file" if kind == "folder" else "no such file"
+    assert done.stderr == f"trackssl-agent: --targets {path}: cannot read it: {reason}\n"
+
+
+def test_an_output_folder_gets_the_agents_line_before_any_probe(tmp_path: Path) -> None:
+    """--output naming a folder: exit 3 and one line of the agent's before anything is
+    probed, never click's usage block."""
+    targets = tmp_path / "targets.txt"
+    with tls_servers.running(tls_servers.silent_server()) as server:
+        targets.write_text(f"{server.endpoint}\n")
+        done = check_once(
+            tmp_path / "state", None, "--targets", str(targets), "--output", str(tmp_path),
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert server.accepted_before_now() == 0
+    assert done.returncode == 3
+    assert done.stderr == (
+        f"trackssl-agent: --output {tmp_path}: it is a folder; name a file (in it, or elsewhere)\n"
+    )
+
+
+def test_every_bad_line_of_a_targets_file_is_reported(tmp_path: Path) -> None:
+    """A targets file with 13 bad lines among good ones: the first 10 named, one line each,
+    then one line counting all 13; nothing probed, exit 3."""
+    targets = tmp_path / "targets.txt"
+    good = f"127.0.0.1:{closed_port()}"
+    lines = [good, "bad host", *(f"h{n}.example:0" for n in range(12)), good]
+    targets.write_text("\n".join(lines) + "\n")
+    done = check_once(tmp_path / "state", None, "--targets", str(targets), cwd=tmp_path)
+    assert done.returncode == 3
+    said = done.stderr.splitlines()
+    assert said[0] == (
+        f"trackssl-agent: {targets}, line 2: invalid target 'bad host': it contains spaces, "
+        "control or invisible characters"
+    )
+    assert [line.split(", line ")[1].split(":")[0] for line in said[:10]] == [
+        str(n) for n in range(2, 12)
+    ]
+    assert said[10:] == [
+        f"trackssl-agent: {targets}: 13 lines are not valid targets (the first 10 above); "
+        "nothing was probed: correct them and run again"
+    ]
+
+
+def test_progress_is_redrawn_while_slow_targets_run_and_at_the_end(tmp_path: Path) -> None:
+    """On a terminal, three targets that fail at once and three that hang: the line shows
+    3/6 while the three hang (no count dropped for good), then 6/6 as the last thing drawn."""
+    silent = tls_servers.silent_server()
+    targets = tmp_path / "targets.txt"
+    ports = [closed_port() for _ in range(3)] + [silent.port] * 3
+    targets.write_text("".join(f"127.0.0.1:{port}\n" for port in ports))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trackssl_agent", "check-once", "--targets", str(targets),
+         "--json", "--timeout", "120"],
+        env=subprocess_env(None, tmp_path / "state"), cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    seen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while b"3/6 targets done, 3 failed" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"3/6 targets done, 3 failed" in seen, bytes(seen)
+        while len(silent.connections) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the three hanging probes are connected before they end
+    finally:
+        silent.close()  # the three hanging probes end now
+    assert proc.wait(60) == 2
+    reader.join(10)
+    os.close(master)
+    drawn = bytes(seen).replace(b"\r\n", b"\n").split(b"\n")[0].split(b"\r")
+    assert drawn[-1] == b"6/6 targets done, 6 failed", bytes(seen)
+
+
+def test_a_refused_api_is_said_in_the_agents_words(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An API port that refuses connections: each retry and the final line say "connection
+    refused by HOST:PORT" and what to check, never the library's "[Errno 111]"."""
+    port = closed_port()
+    monkeypatch.setenv("TRACKSSL_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TRACKSSL_AUTH_TOKEN", AUTH_TOKEN)
+    monkeypatch.setenv("TRACKSSL_AGENT_TOKEN", "agent-1")
+    monkeypatch.setattr(ApiClient, "_delay", lambda _self, _attempt: 0.001)
+    code, _, err = run_cli(["check-once"], capsys)
+    assert code == 2
+    assert "Errno" not in err
+    assert err.count(f"domain list failed (connection refused by 127.0.0.1:{port}); retry") == 4
+    assert err.splitlines()[-1] == (
+        "trackssl-agent: the domain list failed after 5 attempts in 0 s: connection refused "
+        f"by 127.0.0.1:{port} (http://127.0.0.1:{port}); is the API running there, and is "
+        "TRACKSSL_URL right?"
+    )

@@ -4,6 +4,7 @@ TrackSSL API and real TLS targets, all on loopback."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -91,7 +92,12 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
     def launch(
-        api: ApiServer, state: Path, *args: str, scale: float | None = None, **extra: str
+        api: ApiServer,
+        state: Path,
+        *args: str,
+        scale: float | None = None,
+        new_session: bool = False,
+        **extra: str,
     ) -> Agent:
         index = len(agents)
         log = tmp_path / f"agent{index}.jsonl"
@@ -105,6 +111,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                start_new_session=new_session,  # its own process group, as a terminal's
             )
         agent = Agent(proc, log, stderr, time.monotonic())
         agents.append(agent)
@@ -308,6 +315,37 @@ def test_run_without_tokens_exits_3_naming_them(tmp_path: Path) -> None:
     )
     assert done.returncode == 3
     assert "TRACKSSL_AUTH_TOKEN" in done.stderr
+
+
+def test_run_without_tokens_points_at_check_once_for_local_mode(tmp_path: Path) -> None:
+    """run without tokens says, in one line, where to set them and that local mode is
+    ``check-once --targets FILE``: never ``--targets`` as if run had that option."""
+    done = subprocess.run(
+        [*AGENT, "run"], env=agent_environ(), cwd=tmp_path,
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3
+    [line] = done.stderr.splitlines()
+    assert "TRACKSSL_AUTH_TOKEN and TRACKSSL_AGENT_TOKEN must be set in environment.txt" in line
+    assert line.endswith(
+        "without an account, check-once --targets FILE probes the targets of a file"
+    )
+    assert "use --targets" not in line
+
+
+def test_ctrl_c_to_the_process_group_is_said_once(
+    start: Callable[..., Agent], api_server: ApiServer, state_dir: Path, silent: Any
+) -> None:
+    """Ctrl-C on a terminal signals the whole process group, the agent and its cycle child
+    alike: ``received SIGINT: stopping`` is logged once, and the agent exits 0."""
+    api_server.domains = domain_entries({1: silent.port})
+    # The probe in flight ends by its deadline after the stop: a short one.
+    agent = start(api_server, state_dir, "--timeout", "5", "--interval", "1h", new_session=True)
+    agent.wait_for(lambda: len(silent.connections) == 1)  # the cycle child is probing
+    os.killpg(agent.proc.pid, signal.SIGINT)
+    assert agent.proc.wait(30) == 0, agent.output()
+    stops = [r for r in agent.records() if "received SIGINT: stopping" in r["message"]]
+    assert len(stops) == 1, agent.output()
 
 
 def test_state_dir_unusable_each_cycle_posts_directly_and_says_so(

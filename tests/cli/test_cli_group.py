@@ -108,3 +108,13 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     code, _out, err = run_cli(["no-such-command"], capsys)
     assert code == 3
     assert "No such command 'no-such-command'" in err
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(COMMANDS))])
+def test_help_is_self_contained(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """No --help sends the reader to a document they may not have: no SPEC section, no
+    README table."""
+    code, out, _err = run_cli([*command, "--help"], capsys)
+    assert code == 0
+    for words in ("SPEC", "README", "section "):
+        assert words not in out, out

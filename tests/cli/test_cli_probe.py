@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests import tls_servers
-from tests.certs import Chain, make_chain
-from tests.cli_helpers import run_cli
+from tests.certs import Chain, make_chain, self_signed
+from tests.cli_helpers import agent_environ, run_cli
 from tests.listeners import closed_port
 from trackssl_agent import __version__
 from trackssl_agent.engine.certificates import to_pem
@@ -170,3 +170,81 @@ def test_text_output_names_what_a_person_needs(
     )  # fmt: skip
     for needle in needles:
         assert needle in out
+
+
+# -- messages that mislead (issue 22) ---------------------------------------------------
+
+
+def agent(*args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``python -m trackssl_agent ARGS`` in a clean environment plus ``extra``."""
+    return subprocess.run(
+        [sys.executable, "-m", "trackssl_agent", *args], env=agent_environ(**extra), cwd=cwd,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_a_family_against_a_literal_is_said_alike_by_probe_and_discover(tmp_path: Path) -> None:
+    """-6 with an IPv4 literal (and -4 with an IPv6 one) is a usage error, exit 3, in the
+    same words from probe and discover: the option given and what the address is, never
+    a DNS failure."""
+    port = closed_port()
+    probed = agent("probe", "-6", f"127.0.0.1:{port}", cwd=tmp_path)
+    scanned = agent("discover", "-6", "127.0.0.1", "--ports", str(port), cwd=tmp_path)
+    said = "-6 given but 127.0.0.1 is an IPv4 address; drop -6 to"
+    assert (probed.returncode, scanned.returncode) == (3, 3)
+    assert probed.stderr == f"trackssl-agent: {said} probe it\n"
+    assert scanned.stderr == f"trackssl-agent: discover: {said} scan it\n"
+    v6 = agent("probe", "-4", f"[::1]:{port}", cwd=tmp_path)
+    assert v6.returncode == 3
+    assert v6.stderr == "trackssl-agent: -4 given but ::1 is an IPv6 address; drop -4 to probe it\n"
+
+
+def test_a_family_against_a_literal_in_a_targets_file_fails_that_target(tmp_path: Path) -> None:
+    """In a targets file the same mismatch fails that target only, in the same words."""
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"127.0.0.1:{closed_port()}\n")
+    done = agent("check-once", "-6", "--targets", str(targets), "--json", cwd=tmp_path)
+    assert done.returncode == 2
+    [result] = json.loads(done.stdout)
+    assert result["error"] == {
+        "kind": "dns",
+        "message": "-6 given but 127.0.0.1 is an IPv4 address; drop -6 to probe it",
+    }
+
+
+def test_the_serial_is_printed_as_openssl_prints_it(tmp_path: Path) -> None:
+    """A serial of an odd number of hex digits (0xa1b2c) keeps its leading zero, as
+    ``openssl x509 -serial`` prints it (lowercase, as the JSON's other hex)."""
+    chain = self_signed(tmp_path, serial=0xA1B2C)
+    shown = subprocess.run(
+        ["openssl", "x509", "-serial", "-noout", "-in", str(chain.cert_file)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert shown == "serial=0A1B2C"
+    with tls_servers.running(tls_servers.tls_server(tls_servers.server_context(chain))) as server:
+        done = agent("probe", "--json", server.endpoint, cwd=tmp_path)
+        text = agent("probe", server.endpoint, cwd=tmp_path)
+    [result] = json.loads(done.stdout)
+    assert result["certificate"]["serial"] == "0a1b2c"
+    assert "0a1b2c" in text.stdout
+
+
+def test_probe_applies_trackssl_allow_and_trackssl_timeout(tmp_path: Path) -> None:
+    """probe honours TRACKSSL_ALLOW (a target outside it is not contacted) and
+    TRACKSSL_TIMEOUT (a bad value is refused naming it; a good one bounds the probe), and
+    its --help says so."""
+    with tls_servers.running(tls_servers.silent_server()) as server:
+        denied = agent("probe", "--json", server.endpoint, cwd=tmp_path,
+                       TRACKSSL_ALLOW="127.0.0.2/32")  # fmt: skip
+        assert server.accepted_before_now() == 0
+        bad = agent("probe", server.endpoint, cwd=tmp_path, TRACKSSL_TIMEOUT="soon")
+        quick = agent("probe", "--json", server.endpoint, cwd=tmp_path, TRACKSSL_TIMEOUT="0.5")
+    assert denied.returncode == 2
+    assert json.loads(denied.stdout)[0]["error"]["kind"] == "denied"
+    assert bad.returncode == 3
+    assert bad.stderr.startswith("trackssl-agent: environment variable TRACKSSL_TIMEOUT:")
+    [result] = json.loads(quick.stdout)
+    assert result["error"]["kind"] == "timeout"
+    assert result["elapsed_ms"] < 5000  # the default deadline is 10 s
+    shown = " ".join(agent("probe", "--help", cwd=tmp_path).stdout.split())
+    assert "From the environment it applies TRACKSSL_TIMEOUT, TRACKSSL_ALLOW" in shown

@@ -131,7 +131,8 @@ def test_domain_list_ports_protocols_and_bad_entries(api_server: ApiServer) -> N
     assert skipped.count == 7
     lines = skipped.lines()
     assert len(lines) == 6  # the first five in full, then one count line
-    assert "entry 4 skipped" in lines[0]
+    assert lines[0].startswith("domain_id 5 skipped: ")
+    assert "domain list entry number 8 (no usable domain_id) skipped" in lines[3]
     assert "gopher" in " ".join(lines)
     assert lines[-1] == "2 more domain list entries skipped (7 in all)"
 

@@ -189,7 +189,7 @@ def test_three_million_nulls_are_one_summary(api_server: ApiServer) -> None:
     assert skipped.count == 3_000_000
     lines = skipped.lines()
     assert len(lines) == 6
-    assert lines[0] == "domain list entry 0 skipped: it is None"
+    assert lines[0] == "domain list entry number 1 (no usable domain_id) skipped: it is None"
     assert lines[-1] == "2999995 more domain list entries skipped (3000000 in all)"
 
 

@@ -267,12 +267,12 @@ def test_skip_reasons_are_the_documented_ones() -> None:
     )  # fmt: skip
     assert [d.target.text for d in domains] == ["[::1]:443"]
     assert skipped.lines() == [
-        "domain list entry 0 skipped: unknown protocol 'gopher'",
-        "domain list entry 1 skipped: invalid target 'bad host:443': it contains spaces, "
+        "domain_id 1 skipped: unknown protocol 'gopher'",
+        "domain_id 2 skipped: invalid target 'bad host:443': it contains spaces, "
         "control or invisible characters",
-        "domain list entry 2 skipped: bad port 0",
-        "domain list entry 4 skipped: domain_id 4 repeats",
-        "domain list entry 5 skipped: it is None",
+        "domain_id 3 skipped: bad port 0",
+        "domain_id 4 skipped: an earlier entry has the same domain_id",
+        "domain list entry number 6 (no usable domain_id) skipped: it is None",
     ]
 
 

@@ -271,6 +271,24 @@ def test_unresolvable_name_is_a_usage_error() -> None:
         plan(["nowhere.test"], [443], resolver=resolver)
 
 
+def test_a_name_without_an_address_of_the_family_is_said_as_probe_says_it() -> None:
+    """-6 and a name with IPv4 addresses only: a usage error in probe's words (the name has
+    no IPv6 address), not a DNS failure."""
+
+    def getaddrinfo(host: str, port: int, family: int, *_rest: Any) -> list[tuple[Any, ...]]:
+        if family == socket.AF_INET6:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.3", port))]
+
+    resolver = make_resolver(timeout=2, getaddrinfo=getaddrinfo)
+    with pytest.raises(UsageError) as refused:
+        plan(["v4only.test"], [443], family=socket.AF_INET6, resolver=resolver)
+    assert str(refused.value) == (
+        "discover: 'v4only.test': -6 given but v4only.test has no IPv6 address, only IPv4; "
+        "drop -6 to probe it"
+    )
+
+
 @pytest.mark.parametrize("bad", ["127.0.0.1:443", "https://127.0.0.1", "10.0.0.0/33", "a b"])
 def test_argument_that_is_no_network_is_a_usage_error(bad: str) -> None:
     """An argument that is neither a CIDR, an address nor a host name is a usage error."""
@@ -280,9 +298,11 @@ def test_argument_that_is_no_network_is_a_usage_error(bad: str) -> None:
 
 def test_family_excludes_the_other_networks() -> None:
     """-4 with an IPv6 network (and -6 with IPv4) is a usage error, not an empty scan."""
-    with pytest.raises(UsageError, match="IPv6 network, but -4"):
+    with pytest.raises(UsageError, match=re.escape("-4 given but ::1/128 is an IPv6 address")):
         plan(["::1/128"], [443], family=socket.AF_INET, resolver=_no_lookup)
-    with pytest.raises(UsageError, match="IPv4 network, but -6"):
+    with pytest.raises(UsageError, match=re.escape("-4 given but ::/127 is an IPv6 network")):
+        plan(["::/127"], [443], family=socket.AF_INET, resolver=_no_lookup)
+    with pytest.raises(UsageError, match=re.escape("-6 given but 127.0.0.1 is an IPv4 address")):
         plan(["127.0.0.1"], [443], family=socket.AF_INET6, resolver=_no_lookup)
 
 
@@ -587,7 +607,7 @@ def test_progress_shows_on_a_terminal_only(env: Path) -> None:
         (["127.0.0.0/15", "--ports", "443"], "more than the 65,536 allowed"),
         (["127.0.0.0/16", "--ports", "1-17"], "more than 1,048,576"),
         (["127.0.0.1", "--ports", "0"], "outside 1-65535"),
-        (["-4", "::1"], "-4 asks for IPv4 only"),
+        (["-4", "::1"], "-4 given but ::1 is an IPv6 address; drop -4 to scan it"),
         (["-4", "-6", "127.0.0.1"], "-4 and -6 exclude each other"),
         (["127.0.0.1", "--rate", "0"], "--rate"),
         (["127.0.0.1", "--output", "/nonexistent-folder/x.txt"], "does not exist"),
@@ -655,7 +675,9 @@ def test_ipv4_mapped_spellings_are_their_ipv4_addresses() -> None:
     assert scan.outside == 0
     only_v4 = plan(["::ffff:127.0.0.9"], [443], family=socket.AF_INET, resolver=_no_lookup)
     assert [str(a) for a in only_v4.addresses] == ["127.0.0.9"]
-    with pytest.raises(UsageError, match=r"IPv4 network \(IPv4-mapped\), but -6"):
+    with pytest.raises(
+        UsageError, match=r"-6 given but ::ffff:127.0.0.9 \(IPv4-mapped\) is an IPv4"
+    ):
         plan(["::ffff:127.0.0.9"], [443], family=socket.AF_INET6, resolver=_no_lookup)
 
 

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.api_server import AUTH_TOKEN, HANG, ApiServer, domain_entries
+from tests.as_nobody import NOBODY, NobodyPython
 from tests.certs import Chain
 from tests.cli_helpers import agent_environ, console_script, run_cli
 from tests.cloud.test_api import ConnectProxy
+from tests.privileges import need_root
+from tests.shared_dirs import shared_dir
 from tests.state.test_statedir import tmpfs
 from tests.tls_servers import TcpServer
 from tests.verdict_servers import World
@@ -331,3 +334,133 @@ def test_probe_line_says_expired_for_a_past_date(
     assert f"leaf expired {world.chains['expired'].leaf.not_valid_after_utc:%Y-%m-%d}" in expired
     assert "expires" not in expired
     assert f"leaf expires {world.chains['good'].leaf.not_valid_after_utc:%Y-%m-%d}" in good
+
+
+# -- messages that mislead (issue 22) ---------------------------------------------------
+
+
+def doctor_process(*args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``python -m trackssl_agent doctor ARGS`` with a clean environment plus ``extra``."""
+    return subprocess.run(
+        [sys.executable, "-m", "trackssl_agent", "doctor", *args],
+        env=agent_environ(PYTHONPATH=str(ROOT), **extra), cwd=cwd,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_a_config_that_is_a_folder_is_a_fail_line_not_a_usage_block(tmp_path: Path) -> None:
+    """--config or TRACKSSL_CONFIG naming a folder: the configuration line FAILs naming it
+    (exit 3, the engine line still shown), never click's usage block."""
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    by_option = doctor_process("--config", str(folder), cwd=tmp_path)
+    by_variable = doctor_process(cwd=tmp_path, TRACKSSL_CONFIG=str(folder))
+    for done, given in (
+        (by_option, f"--config {folder}"),
+        (by_variable, f"$TRACKSSL_CONFIG={folder}"),
+    ):
+        assert done.returncode == 3
+        assert "Usage:" not in done.stdout + done.stderr
+        assert line(done.stdout, "configuration") == (
+            f"FAIL  configuration  {given}: it is a folder; "
+            "fix: name the environment.txt file itself"
+        )
+        assert line(done.stdout, "engine").startswith("ok")
+
+
+def test_a_missing_config_is_not_told_to_make_it_readable(tmp_path: Path) -> None:
+    """TRACKSSL_CONFIG naming no file: the line says so and asks for an existing file; it
+    does not ask to make a file that is not there readable."""
+    missing = tmp_path / "environment.txt"
+    done = doctor_process(cwd=tmp_path, TRACKSSL_CONFIG=str(missing))
+    assert done.returncode == 3
+    assert line(done.stdout, "configuration") == (
+        f"FAIL  configuration  $TRACKSSL_CONFIG={missing}: no such file; "
+        "fix: name an existing environment.txt"
+    )
+    assert "readable" not in done.stdout
+
+
+@pytest.fixture(scope="module")
+def nobody() -> NobodyPython:
+    """The agent's code runnable as nobody, wherever the clone and its venv are."""
+    need_root("runs the agent as nobody")
+    return NobodyPython.prepare()
+
+
+def test_a_file_the_user_may_not_read_is_named_with_who_cannot(nobody: NobodyPython) -> None:
+    """A root-only (0600) file that nobody names: doctor (by --config or TRACKSSL_CONFIG)
+    FAILs naming the path and the user, check-once says the same in one line, and so does
+    --targets; never click's usage block, never only "Permission denied"."""
+    base = shared_dir("nobody-unreadable")
+    secret = base / "agent.txt"
+    secret.write_text("TRACKSSL_TIMEOUT=5\n")
+    secret.chmod(0o600)
+    targets = base / "targets.txt"
+    targets.write_text("127.0.0.1:443\n")
+    targets.chmod(0o600)
+    why = f"cannot read it: nobody (uid {NOBODY}) may not read it"
+    fix = "change its permissions or run as its owner"
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            nobody.agent(*args), env=agent_environ(**extra), cwd=base,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    for done in (
+        run("doctor", "--config", str(secret)),
+        run("doctor", TRACKSSL_CONFIG=str(secret)),
+    ):
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "Usage:" not in done.stdout + done.stderr
+        assert line(done.stdout, "configuration") == (
+            f"FAIL  configuration  {secret}: {why}; fix: {fix}"
+        )
+    checked = run("check-once", TRACKSSL_CONFIG=str(secret))
+    assert (checked.returncode, checked.stderr) == (3, f"trackssl-agent: {secret}: {why}; {fix}\n")
+    local = run("check-once", "--targets", str(targets))
+    assert (local.returncode, local.stderr) == (
+        3, f"trackssl-agent: --targets {targets}: {why}; {fix}\n",
+    )  # fmt: skip
+
+
+def test_a_held_lock_is_told_what_check_once_really_does(
+    env: Path,
+    lock_holder: int,
+    api_server: ApiServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """While an agent holds the lock, doctor's fix says check-once exits 3 at once (it
+    does not wait), and a real check-once does exit 3 at once."""
+    use(api_server, monkeypatch)
+    _code, out, _checks = doctor_cli([], capsys)
+    lock = line(out, "lock")
+    assert "check-once and another run on this state dir exit 3 at once" in lock
+    assert "wait" not in lock
+    asked = len(api_server.requests)  # the doctor's own
+    done = subprocess.run(
+        [sys.executable, "-m", "trackssl_agent", "check-once"],
+        env=agent_environ(PYTHONPATH=str(ROOT), TRACKSSL_STATE_DIR=str(env / "state"),
+                          **api_server.env()),
+        cwd=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert f"pid {lock_holder}" in done.stderr
+    assert len(api_server.requests) == asked
+
+
+def test_https_to_a_plain_http_api_is_said_in_the_agents_words(
+    env: Path, api_server: ApiServer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """TRACKSSL_URL https:// to an API that speaks plain http: the api tls line says the
+    server does not speak TLS and which URL to set, not OpenSSL's words."""
+    use(api_server, monkeypatch, TRACKSSL_URL=f"https://127.0.0.1:{api_server.port}")
+    code, out, _checks = doctor_cli([], capsys)
+    assert code == 2
+    assert line(out, "api tls") == (
+        f"FAIL  api tls        the server at https://127.0.0.1:{api_server.port} does not speak "
+        f"TLS; fix: is it http? Then set TRACKSSL_URL={api_server.url}"
+    )

@@ -30,7 +30,8 @@ def test_summary_fields(chain: Chain) -> None:
     assert summary.key == "RSA 2048"
     assert summary.signature_algorithm == "sha256WithRSAEncryption"
     assert summary.self_signed is False
-    assert summary.serial == format(chain.leaf.serial_number, "x")
+    serial = chain.leaf.serial_number
+    assert summary.serial == serial.to_bytes((serial.bit_length() + 7) // 8, "big").hex()
     assert len(summary.sha256) == 64
     assert summary.sha256 == summary.sha256.lower()
     assert summary.days_remaining(datetime.now(UTC)) in (34, 35)

@@ -74,10 +74,30 @@ def test_deadline_gone_before_the_lookup_is_a_timeout_of_the_dns_lookup() -> Non
     assert calls == []
 
 
-def test_ip_literal_of_the_excluded_family_is_dns() -> None:
-    """An IPv6 literal probed with -4 cannot be resolved to an IPv4 address: `dns`."""
+def test_ip_literal_of_the_excluded_family_is_dns_in_words_of_the_option() -> None:
+    """An IPv6 literal probed with -4 fails at the resolve stage (`dns`), saying that -4
+    was given and what the address is: no lookup failed, so no lookup's words."""
     result = probe(parse_target("[::1]:443"), ProbeSettings(timeout=1, family=socket.AF_INET))
-    assert "cannot resolve ::1" in _failed(result, ErrorKind.DNS)
+    assert _failed(result, ErrorKind.DNS) == (
+        "-4 given but ::1 is an IPv6 address; drop -4 to probe it"
+    )
+
+
+def _ipv4_only(host: str, port: int, family: int, *_rest: object) -> list[tuple[Any, ...]]:
+    """A resolver for a name with an A record and no AAAA: glibc's answer for AF_INET6."""
+    if family == socket.AF_INET6:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+
+def test_a_name_without_an_address_of_the_family_asked_for_says_so() -> None:
+    """-6 and a name with IPv4 addresses only: `dns`, saying the name has no IPv6 address
+    (a second lookup, without -6, tells that from a name that does not exist)."""
+    settings = ProbeSettings(timeout=5, family=socket.AF_INET6)
+    result = probe(parse_target("v4only.test:443"), settings, getaddrinfo=_ipv4_only)
+    assert _failed(result, ErrorKind.DNS) == (
+        "-6 given but v4only.test has no IPv6 address, only IPv4; drop -6 to probe it"
+    )
 
 
 # --- connect --------------------------------------------------------------------------------

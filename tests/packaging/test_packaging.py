@@ -990,3 +990,30 @@ def test_no_reference_to_missing_docs() -> None:
         if path.is_file() and path.suffix != ".pyc" and "docs/platforms.md" in path.read_text()
     ]
     assert offenders == []
+
+
+def test_the_license_is_an_spdx_expression() -> None:
+    """pyproject declares the license the way setuptools 77+ wants it (an SPDX string and
+    the file), with no License classifier: the deprecated forms warn on every install."""
+    import tomllib  # noqa: PLC0415 - only here
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "MIT"
+    assert project["project"]["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").is_file()
+    assert not [c for c in project["project"]["classifiers"] if c.startswith("License ::")]
+    assert "setuptools>=77" in project["build-system"]["requires"][0]
+
+
+def test_building_the_package_warns_of_nothing_deprecated(tmp_path: Path) -> None:
+    """``pip wheel .`` (what ``pip install .`` runs), verbose so that setuptools' own output
+    shows: no deprecation warning."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-v",
+         "--wheel-dir", str(tmp_path)],
+        env=agent_environ(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "adding license file 'LICENSE'" in output  # setuptools' output is in view
+    assert [line for line in output.splitlines() if "deprecat" in line.lower()] == []

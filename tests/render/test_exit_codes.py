@@ -68,4 +68,7 @@ def test_cli_config_error_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[
     """A missing --config file ends the command with exit 3 and one line naming it."""
     code, _out, err = run_cli(["config", "--config", str(tmp_path / "none.txt")], capsys)
     assert code == ExitCode.USAGE
-    assert err == f"trackssl-agent: --config {tmp_path / 'none.txt'}: no such file\n"
+    assert err == (
+        f"trackssl-agent: --config {tmp_path / 'none.txt'}: no such file; "
+        "name an existing environment.txt\n"
+    )

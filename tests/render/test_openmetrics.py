@@ -108,7 +108,8 @@ def test_leaf_not_after_is_the_certificates(
     not_before = only(metrics["trackssl_cert_not_before_seconds"], target=target, depth="0")
     assert not_before.value == leaf.not_valid_before_utc.timestamp()
     assert not_after.labels["subject"] == leaf.subject.rfc4514_string()
-    assert not_after.labels["serial"] == format(leaf.serial_number, "x")
+    serial = leaf.serial_number.to_bytes((leaf.serial_number.bit_length() + 7) // 8, "big")
+    assert not_after.labels["serial"] == serial.hex()
 
 
 def test_chain_depths_follow_the_presented_order(

@@ -301,7 +301,9 @@ def _child(  # pragma: no cover - runs in the child
     # The inherited wakeup fd is the agent's watcher socket: never write to it from here.
     signal.set_wakeup_fd(-1)
     stop = threading.Event()
-    with stopping_on_signals(stop):
+    # A Ctrl-C reaches the agent too, which says what it means: said here, it would be
+    # said twice.
+    with stopping_on_signals(stop, announce=False):
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
         envelope = _perform(work, stop)
     envelope["notice_pending"] = state.notice_pending if state is not None else False

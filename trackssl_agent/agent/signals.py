@@ -102,8 +102,12 @@ class _Watcher:
         *,
         exit_now: Callable[[int], object],
         clock: Callable[[], float],
+        announce: bool = True,
     ) -> None:
         self.stop = stop
+        self.announce = announce
+        """Whether this process says what a stop signal means (info and warning lines),
+        or only notes it at debug level because another process says it."""
         self.requests = requests
         self.exit_now = exit_now
         self.clock = clock
@@ -151,7 +155,8 @@ class _Watcher:
         after = self.requests.second_after
         if verdict is Verdict.STOP:
             self.stop.set()
-            logger.info(
+            logger.log(
+                logging.INFO if self.announce else logging.DEBUG,
                 "received %s: stopping; no new probes, the probes in flight end by their "
                 "deadline and undelivered results go to the outbox; send it again %gs or "
                 "more later to exit at once",
@@ -168,7 +173,8 @@ class _Watcher:
             )
         else:
             try:
-                logger.warning(
+                logger.log(
+                    logging.WARNING if self.announce else logging.DEBUG,
                     "received %s again: exiting now; the outbox keeps undelivered results",
                     name,
                     extra={"fields": {"event": "exit_now", "signal": name}},
@@ -194,6 +200,7 @@ def stopping_on_signals(
     exit_now: Callable[[int], object] = os._exit,
     second_after: float = SECOND_AFTER,
     clock: Callable[[], float] = time.monotonic,
+    announce: bool = True,
 ) -> Iterator[None]:
     """While inside, a stop signal sets ``stop``; one ``second_after`` seconds or more after
     the first calls ``exit_now(report.signal_exit_code(signum))`` (128 + signum).
@@ -203,14 +210,15 @@ def stopping_on_signals(
     stop signal, the stop signals stay ignored for the rest of the process: a late copy of
     the request must not kill the process with the default action (or raise
     KeyboardInterrupt) while it finishes its clean stop. Without a stop signal the previous
-    handlers come back.
+    handlers come back. ``announce=False`` (``run``'s cycle child, which gets Ctrl-C with
+    the agent) logs the signals at debug level only: the agent says it, once.
     """
     if threading.current_thread() is not threading.main_thread():
         # Python only lets the main thread install handlers (e.g. an embedding host).
         yield
         return
     requests = StopRequests(second_after=second_after)
-    watcher = _Watcher(stop, requests, exit_now=exit_now, clock=clock)
+    watcher = _Watcher(stop, requests, exit_now=exit_now, clock=clock, announce=announce)
     previous = {sig: signal.signal(sig, watcher.handler) for sig in stop_signals()}
     old_wakeup = -1
     try:

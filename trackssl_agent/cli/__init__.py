@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(_exit_code(KeyboardInterrupt()))
     except AgentError as exc:
-        # printable: a message may quote outside text (an API body, a path); one line.
+        # printable: a message may quote outside text (an API body, a path); one line
+        # each, the problems it sums up first.
+        for detail in exc.details:
+            click.echo(f"trackssl-agent: {_one_line(detail)}", err=True)
         click.echo(f"trackssl-agent: {_one_line(str(exc))}", err=True)
         sys.exit(_exit_code(exc))
     except BrokenPipeError as exc:

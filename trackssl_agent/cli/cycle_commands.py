@@ -6,7 +6,6 @@ import os
 import socket
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from trackssl_agent.cli.options import (
     setting_options,
 )
 from trackssl_agent.cli.probe_command import judged_run, render_results
+from trackssl_agent.cli.progress import ProgressLine
 from trackssl_agent.config import config, settings
 from trackssl_agent.engine import protocols
 from trackssl_agent.engine.probe import address_family
@@ -45,25 +45,9 @@ def _load_config(config_path: Path | None, **values: str | float | Path | None) 
     return config.from_process(config_option=config_path, options=options)
 
 
-class _ProgressLine:
-    """``done/total`` on one rewritten stderr line, at most ten times a second."""
-
-    def __init__(self) -> None:
-        self._last = 0.0
-        self._shown = False
-
-    def __call__(self, done: int, total: int, failed: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        self._shown = True
-        click.echo(f"\r{done}/{total} targets done, {failed} failed", err=True, nl=False)
-
-    def end(self) -> None:
-        """Finish the line so later output starts on a fresh one."""
-        if self._shown:
-            click.echo("", err=True)
+def _progress_line() -> ProgressLine:
+    """``done/total targets done, N failed`` on a terminal's stderr."""
+    return ProgressLine(lambda c: f"{c[0]}/{c[1]} targets done, {c[2]} failed")
 
 
 @click.command("check-once")
@@ -124,7 +108,7 @@ def check_once(
     if local is not None:
         return _local_mode(local, cfg, family=family, fmt=fmt, output_path=output_path,
                            warn_days=warn_days, crit_days=crit_days)  # fmt: skip
-    progress = _ProgressLine() if sys.stderr.isatty() else None
+    progress = _progress_line() if sys.stderr.isatty() else None
     stop = threading.Event()
     try:
         cycle_report = compose.run_once(
@@ -156,7 +140,7 @@ def _local_mode(
     # Text on a terminal streams, and is its own progress: a rewritten stderr line would
     # land in the middle of it.
     streams = fmt == "text" and output_path is None and sys.stdout.isatty()
-    progress = _ProgressLine() if sys.stderr.isatty() and not streams else None
+    progress = _progress_line() if sys.stderr.isatty() and not streams else None
     return judged_run(
         targets, compose.probe_settings(cfg, family=family), concurrency=cfg.concurrency,
         policy=Policy(warn_days=warn_days, crit_days=crit_days, verify=cfg.verify),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from trackssl_agent.cli.options import config_option, family_option, output_option, setting_option
+from trackssl_agent.cli.progress import ProgressLine
 from trackssl_agent.config import config, settings
 from trackssl_agent.discover.plan import default_ports, make_resolver, parse_ports, plan
 from trackssl_agent.discover.scan import (
@@ -28,27 +28,6 @@ from trackssl_agent.render import output_file
 _DEFAULT_PORTS = ",".join(str(port) for port in default_ports())
 
 
-class _ProgressLine:
-    """``done/total`` on one rewritten stderr line, at most ten times a second."""
-
-    def __init__(self) -> None:
-        self._last = 0.0
-        self._shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        self._shown = True
-        click.echo(f"\r{done:,}/{total:,}", err=True, nl=False)
-
-    def end(self) -> None:
-        """Finish the line so that the summary starts on a fresh one."""
-        if self._shown:
-            click.echo("", err=True)
-
-
 @click.command()
 @click.argument("networks", nargs=-1, required=True, metavar="NETWORK...")
 @click.option(
@@ -56,8 +35,9 @@ class _ProgressLine:
     "ports_text",
     metavar="LIST",
     default=_DEFAULT_PORTS,
-    help="Ports to try: a comma list and ranges, e.g. 443,636,8000-8443 "
-    "[default: every direct-TLS and STARTTLS port of the README's tables, and 8443].",
+    help="Ports to try: a comma list and ranges, e.g. 443,636,8000-8443 [default: "
+    f"{_DEFAULT_PORTS.replace(',', ', ')}: the well-known port of each protocol the agent "
+    "speaks, and 8443].",
 )
 @setting_option("timeout")
 @setting_option("concurrency")
@@ -115,7 +95,7 @@ def discover(
     )  # fmt: skip
     # The plan already holds addresses only (of the chosen family, inside TRACKSSL_ALLOW).
     probe_settings = ProbeSettings(timeout=cfg.timeout, family=socket.AF_UNSPEC)
-    progress = _ProgressLine() if sys.stderr.isatty() else None
+    progress = ProgressLine(lambda c: f"{c[0]:,}/{c[1]:,}") if sys.stderr.isatty() else None
     render = json_entry(datetime.now(UTC)) if as_json else targets_line
     try:
         found = scan(

@@ -21,13 +21,20 @@ class _FilePath(click.Path):
     """A file path option that refuses a NUL byte (usage error, exit 3): ``os.stat``
     would raise ValueError on it."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = "file"  # the metavar FILE, though a folder passes click's checks
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and "\0" in value:
             self.fail("expected a path without NUL characters", param, ctx)
         return super().convert(value, param, ctx)
 
 
-FILE = _FilePath(dir_okay=False, path_type=Path)
+FILE = _FilePath(path_type=Path, dir_okay=True, readable=False)
+"""A path taken as given: whoever reads or writes it says in one line what is wrong with a
+missing file, a folder or a file this user cannot read (click's checks would print its
+usage block for some of these and the agent's line for others)."""
 
 
 class AsciiIntRange(click.IntRange):
@@ -152,8 +159,8 @@ probe_options = _stack(
         "chosen_format",
         type=click.Choice(FORMATS),
         default=None,
-        help="Output: text (the default), json (SPEC section 4), openmetrics (Prometheus) or "
-        "nagios (a plugin's status line).",
+        help="Output: text (the default), json (an array of one object per target), "
+        "openmetrics (Prometheus) or nagios (a plugin's status line).",
     ),
     click.option("--json", "as_json", is_flag=True, help="Short for --format json."),
     setting_options("warn_days", "crit_days", "verify", "ca_file"),

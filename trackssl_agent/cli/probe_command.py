@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -12,7 +13,13 @@ import click
 
 from trackssl_agent.cli.options import output_format, output_option, probe_options
 from trackssl_agent.config import config, settings
-from trackssl_agent.engine.probe import ProbeSettings, address_family
+from trackssl_agent.engine.allow import AllowList
+from trackssl_agent.engine.probe import (
+    ProbeSettings,
+    address_family,
+    literal_version,
+    wrong_family,
+)
 from trackssl_agent.engine.results import ProbeResult
 from trackssl_agent.engine.targets import Target, encode_hostname, parse_target
 from trackssl_agent.errors import UsageError
@@ -93,12 +100,14 @@ def judged_run(
         objects.append(output.result_json(judged.result, datetime.now(UTC), judged.verdict))
 
     on_ready = show if stream else keep if fmt == "json" and not pem else None
-    outcome = local_mode.judge_all(
-        targets, probe_settings, concurrency=concurrency, judge=judge,
-        on_ready=on_ready, progress=progress,
-    )  # fmt: skip
-    if progress is not None:
-        progress.end()
+    try:
+        outcome = local_mode.judge_all(
+            targets, probe_settings, concurrency=concurrency, judge=judge,
+            on_ready=on_ready, progress=progress,
+        )  # fmt: skip
+    finally:  # a progress line's timer must not draw over what follows
+        if progress is not None:
+            progress.end()
     note = judge.store_note()
     if note:
         click.echo(f"trackssl-agent: note: {note}", err=True)
@@ -124,20 +133,45 @@ def _exit_code(outcome: Outcome) -> int:
     )
 
 
-def judging_policy(
-    *, warn_days: int, crit_days: int, verify: bool | None, ca_file: Path | None
-) -> tuple[Policy, Path | None]:
-    """The judging policy and ``--ca-file`` of ``probe``: these options over the process
-    environment (``TRACKSSL_VERIFY``, ``TRACKSSL_CA_FILE``); probe reads no config file."""
+@dataclass(frozen=True)
+class ProbeEnvironment:
+    """What ``probe`` takes from the process environment, its options winning: it reads
+    no configuration file, and no setting beyond these four."""
+
+    policy: Policy
+    ca_file: Path | None
+    """``--ca-file`` / ``TRACKSSL_CA_FILE``."""
+    timeout: float
+    """``--timeout`` / ``TRACKSSL_TIMEOUT``."""
+    allow: AllowList | None
+    """``TRACKSSL_ALLOW``: probe contacts nothing the agent may not."""
+
+
+def probe_environment(
+    *,
+    warn_days: int,
+    crit_days: int,
+    verify: bool | None,
+    ca_file: Path | None,
+    timeout: float | None,
+) -> ProbeEnvironment:
+    """These options over the process environment (``TRACKSSL_VERIFY``,
+    ``TRACKSSL_CA_FILE``, ``TRACKSSL_TIMEOUT``, ``TRACKSSL_ALLOW``); ConfigError (exit 3)
+    for a bad value there."""
     from trackssl_agent.verdict.judge import Policy  # noqa: PLC0415 - judging only
 
     values = config.from_environment(
-        ("verify", "ca_file"), options={"verify": verify, "ca_file": ca_file}
+        ("verify", "ca_file", "timeout", "allow"),
+        options={"verify": verify, "ca_file": ca_file, "timeout": timeout},
     )
     chosen = values["ca_file"]
-    return (
-        Policy(warn_days=warn_days, crit_days=crit_days, verify=bool(values["verify"])),
-        chosen if isinstance(chosen, Path) else None,
+    seconds = values["timeout"]
+    allowed = values["allow"]
+    return ProbeEnvironment(
+        policy=Policy(warn_days=warn_days, crit_days=crit_days, verify=bool(values["verify"])),
+        ca_file=chosen if isinstance(chosen, Path) else None,
+        timeout=float(seconds) if isinstance(seconds, int | float) else settings.DEFAULT_TIMEOUT,
+        allow=allowed if isinstance(allowed, AllowList) else None,
     )
 
 
@@ -180,6 +214,10 @@ def probe(
     Each target gets a status (OK, WARNING, CRITICAL) and its problems: expiry, and, judged
     offline against the OS trust store and --ca-file, trust, name and weak crypto (notes,
     or warnings with --verify). The exit code is the worst status.
+
+    probe reads no configuration file. From the environment it applies TRACKSSL_TIMEOUT,
+    TRACKSSL_ALLOW (a target outside it is not contacted), TRACKSSL_VERIFY and
+    TRACKSSL_CA_FILE; an option given wins over its variable.
     """
     fmt = output_format(as_json=as_json, chosen=chosen_format)
     if pem and fmt != "text":
@@ -187,11 +225,17 @@ def probe(
         raise UsageError(f"--pem and {given} exclude each other")
     if output_path is not None:
         output_file.check_writable(output_path)
-    policy, ca_path = judging_policy(
-        warn_days=warn_days, crit_days=crit_days, verify=verify, ca_file=ca_file
+    environment = probe_environment(
+        warn_days=warn_days, crit_days=crit_days, verify=verify, ca_file=ca_file, timeout=timeout
     )
     setup_logging(level="warning")
+    family = address_family(ipv4=ipv4, ipv6=ipv6)
     parsed = [parse_target(text, starttls=starttls) for text in targets]
+    for target in (t for t in parsed if t.is_ip):
+        # The command line contradicts itself: a usage error, as discover says it.
+        mismatch = wrong_family(family, target.host, literal_version(target))
+        if mismatch is not None:
+            raise UsageError(mismatch)
     sni = None
     if servername is not None:
         try:
@@ -201,11 +245,10 @@ def probe(
         if not sni or sni.startswith("."):
             raise UsageError(f"invalid --servername {servername!r}: it must be a host name")
     probe_settings = ProbeSettings(
-        timeout=timeout or settings.DEFAULT_TIMEOUT,
-        family=address_family(ipv4=ipv4, ipv6=ipv6),
-        servername=sni,
+        timeout=environment.timeout, family=family, servername=sni, allow=environment.allow
     )
     return judged_run(
-        parsed, probe_settings, concurrency=settings.DEFAULT_CONCURRENCY, policy=policy,
-        ca_file=ca_path, fmt=fmt, output_path=output_path, pem=pem,
+        parsed, probe_settings, concurrency=settings.DEFAULT_CONCURRENCY,
+        policy=environment.policy, ca_file=environment.ca_file, fmt=fmt,
+        output_path=output_path, pem=pem,
     )  # fmt: skip

@@ -278,11 +278,12 @@ class ApiClient:
         number = 0
         while True:  # each turn returns, raises, or sleeps before the next attempt
             wait: float | None = None
+            advice = ""
             limit = max(0.1, min(settings.request_deadline, end - self._clock()))
             try:
                 answer = self._transport.request(method, url, body=data, limit=limit, what=what)
             except AttemptFailed as exc:
-                problem = str(exc)
+                problem, advice = str(exc), exc.advice
             else:
                 status = answer.status
                 logger.debug("%s %s -> HTTP %d (%d bytes)", method, url, status, len(answer.body))
@@ -306,7 +307,7 @@ class ApiClient:
                 limit_note = f" (its time limit is {settings.budget:g} s)" if over else ""
                 raise TransientError(
                     f"the {what} failed after {number + 1} attempts in {spent:.0f} s"
-                    f"{limit_note}: {problem} ({settings.url})"
+                    f"{limit_note}: {problem} ({settings.url})" + (f"; {advice}" if advice else "")
                 )
             logger.warning(
                 "%s failed (%s); retry %d of %d in %.1f s",

@@ -172,6 +172,17 @@ def domain_from_entry(entry: object) -> Domain:
     return Domain(domain_id, hostname, str(port), target)
 
 
+def _entry_name(entry: object, index: int) -> str:
+    """An entry for a message: by its ``domain_id``, as TrackSSL and the rest of the log
+    name it; by its place in the list (counted from 1) only when it has no usable id."""
+    if isinstance(entry, dict):
+        try:
+            return f"domain_id {_domain_id(entry.get('domain_id'))}"
+        except ValueError:
+            pass
+    return f"domain list entry number {index + 1} (no usable domain_id)"
+
+
 def parse_domains(document: Any) -> tuple[list[Domain], Skipped]:
     """``{"data": [...]}`` -> domains; a bad entry is skipped and summarised.
 
@@ -191,11 +202,11 @@ def parse_domains(document: Any) -> tuple[list[Domain], Skipped]:
         try:
             domain = domain_from_entry(entry)
             if domain.domain_id in seen:
-                raise ValueError(f"domain_id {domain.domain_id} repeats")
+                raise ValueError("an earlier entry has the same domain_id")
         except ValueError as exc:
             skipped += 1
             if len(first) < SHOWN_SKIPPED:
-                first.append(f"domain list entry {index} skipped: {exc}")
+                first.append(f"{_entry_name(entry, index)} skipped: {exc}")
             continue
         seen.add(domain.domain_id)
         domains.append(domain)

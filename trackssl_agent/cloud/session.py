@@ -21,6 +21,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from trackssl_agent import log
+from trackssl_agent.cloud import failures
 from trackssl_agent.cloud.transport import (
     Answer,
     AttemptFailed,
@@ -235,16 +236,28 @@ class SessionTransport:
                 with response:
                     answer = self._read(response, what=what, deadline=deadline)
         except requests.exceptions.SSLError as exc:
-            if not deadline.fired:
-                raise ApiError(tls_failure(self._url, _reason(exc))) from None
-            raise AttemptFailed(f"no complete answer within {limit:g} s") from None
+            if deadline.fired:
+                raise AttemptFailed(f"no complete answer within {limit:g} s") from None
+            if failures.not_tls(_inner(exc)):
+                raise ApiError(failures.not_tls_words(self._url)) from None
+            raise ApiError(tls_failure(self._url, _reason(exc))) from None
         except (
             requests.exceptions.ConnectionError,
             requests.exceptions.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
-            problem = f"no complete answer within {limit:g} s" if deadline.fired else _reason(exc)
-            raise AttemptFailed(problem) from None
+            if deadline.fired:
+                raise AttemptFailed(f"no complete answer within {limit:g} s") from None
+            inner = _inner(exc)
+            if isinstance(inner, OSError) and not isinstance(exc, requests.exceptions.Timeout):
+                # Through a proxy, what refused or reset is the proxy.
+                proxy = isinstance(exc, requests.exceptions.ProxyError)
+                where = "the proxy" if proxy else None
+                raise AttemptFailed(
+                    failures.words(inner, self._url, where=where),
+                    "check HTTPS_PROXY" if proxy else failures.advice(inner),
+                ) from None
+            raise AttemptFailed(_reason(exc)) from None
         except requests.exceptions.ContentDecodingError as exc:
             raise ResponseError(
                 f"the API's answer to the {what} could not be decompressed: {_reason(exc)}"
@@ -273,8 +286,8 @@ class SessionTransport:
         return b"".join(chunks)
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost useful text of a requests exception, without its URL noise."""
+def _inner(exc: BaseException) -> BaseException:
+    """The innermost useful exception behind a requests exception."""
     inner: BaseException = exc
     while True:
         nxt = inner.__context__ or inner.__cause__
@@ -283,6 +296,12 @@ def _reason(exc: BaseException) -> str:
         inner = nxt
         if isinstance(inner, ssl.SSLError | TimeoutError | ConnectionError):
             break
+    return inner
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful text of a requests exception, without its URL noise."""
+    inner = _inner(exc)
     if isinstance(exc, requests.exceptions.Timeout) and not isinstance(inner, ssl.SSLError):
         return "timed out"
     # A proxy's CONNECT reason phrase ends up here, and may echo Proxy-Authorization.

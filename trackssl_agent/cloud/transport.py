@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from trackssl_agent import log
 from trackssl_agent.base import ascii_values
+from trackssl_agent.cloud import failures
 from trackssl_agent.errors import ApiError
 from trackssl_agent.errors import ResponseError as ResponseError  # noqa: PLC0414 - re-exported
 
@@ -34,6 +34,11 @@ _TICK = 0.1
 
 class AttemptFailed(Exception):
     """One attempt got no usable answer (connection, timeout, deadline): worth a retry."""
+
+    def __init__(self, problem: str, advice: str = "") -> None:
+        super().__init__(problem)
+        self.advice = advice
+        """What to do if retrying does not help, for the message that gives up."""
 
 
 class Answer(NamedTuple):
@@ -288,10 +293,12 @@ def _failure(exc: BaseException, url: str) -> BaseException:
     """What a failed exchange means: retry, give up, or (a bug) the exception itself."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ApiError(tls_failure(url, exc.verify_message or str(exc)))
+    if failures.not_tls(exc):  # a wrong URL: no retry can help
+        return ApiError(failures.not_tls_words(url))
     if isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError):
         return _Stale()
     if isinstance(exc, TimeoutError):
         return AttemptFailed("timed out")
     if isinstance(exc, OSError | http.client.HTTPException):
-        return AttemptFailed(log.excerpt(str(exc) or type(exc).__name__, 200))
+        return AttemptFailed(failures.words(exc, url), failures.advice(exc))
     return exc

@@ -29,6 +29,7 @@ from trackssl_agent.config.file import (
     frozen_executable,
     parse_lines,
     token_file_warning,
+    unreadable,
 )
 from trackssl_agent.config.file import (
     read_text as read_file_text,
@@ -138,10 +139,15 @@ class Config:
         if not self.auth_token or not self.agent_token:
             missing = [AUTH_TOKEN] if not self.auth_token else []
             missing += [AGENT_TOKEN] if not self.agent_token else []
-            where = f"in {self.file}" if self.file else "(no environment.txt was found)"
+            where = (
+                f"in {self.file} or the environment"
+                if self.file
+                else "in environment.txt or the environment (no environment.txt was found)"
+            )
+            # Not ``--targets FILE`` alone: ``run`` has no such option (issue 22).
             raise ConfigError(
-                f"{' and '.join(missing)} must be set for the TrackSSL API {where}; "
-                "or use --targets FILE for local mode without an account"
+                f"{' and '.join(missing)} must be set {where} to use the TrackSSL API; "
+                "without an account, check-once --targets FILE probes the targets of a file"
             )
         return self.auth_token, self.agent_token
 
@@ -203,8 +209,11 @@ def _merge(
     environ: Mapping[str, str],
     from_file: dict[str, Setting],
     warnings: list[str],
+    said: frozenset[str] = frozenset(),
 ) -> dict[str, Setting]:
-    """Pick each key's value by precedence: option > environment > file."""
+    """Pick each key's value by precedence: option > environment > file. An unknown name
+    the file's warnings already name (``said``: its variables exported as well, as with
+    ``set -a; . environment.txt``) is not warned about again."""
     chosen = dict(from_file)
     for name, value in environ.items():
         if not name.startswith("TRACKSSL_") or name == CONFIG_KEY:
@@ -217,7 +226,8 @@ def _merge(
                     alias_of.key, value.strip(), Source.ENVIRONMENT, origin
                 )
         elif name not in DEFAULTS:
-            warnings.append(f"environment variable {name} is unknown{_suggest(name)}")
+            if name not in said:  # the file's line said it already: once is enough
+                warnings.append(f"environment variable {name} is unknown{_suggest(name)}")
         else:
             chosen[name] = Setting(name, value.strip(), Source.ENVIRONMENT, f"${name}")
     for key, option in options.items():
@@ -248,7 +258,7 @@ def load(
         try:
             text = (read_text or read_file_text)(file)
         except OSError as exc:
-            raise ConfigError(f"{file}: cannot read it: {exc.strerror or exc}") from None
+            raise unreadable(file, exc) from None
         except UnicodeDecodeError:
             raise ConfigError(f"{file}: not UTF-8 text; save the file as UTF-8") from None
         lines = parse_lines(text, source=str(file))
@@ -258,6 +268,7 @@ def load(
         environ=environ,
         from_file=_from_file(lines, file, warnings),
         warnings=warnings,
+        said=frozenset(line.key for line in lines if line.key not in KNOWN_KEYS),
     )
     values = _validate(chosen, environ=environ, cwd=cwd, platform=platform)
     token = chosen.get(AUTH_TOKEN)

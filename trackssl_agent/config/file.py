@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from trackssl_agent.base.file_errors import cannot_read
 from trackssl_agent.config.settings import AUTH_TOKEN, CONFIG_KEY
 from trackssl_agent.errors import ConfigError
 
@@ -53,21 +54,38 @@ def find_file(
     if option is not None:
         if "\0" in str(option):
             raise ConfigError("--config: expected a path without NUL characters")
-        if not option.is_file():
-            raise ConfigError(f"--config {option}: no such file")
+        _check_named(option, f"--config {option}")
         return option
     named = environ.get(CONFIG_KEY)
     if named:
         if "\0" in named:
             raise ConfigError(f"${CONFIG_KEY}: expected a path without NUL characters")
         path = Path(named)
-        if not path.is_file():
-            raise ConfigError(f"${CONFIG_KEY}={named}: no such file")
+        _check_named(path, f"${CONFIG_KEY}={named}")
         return path
     for candidate in (cwd / FILE_NAME, executable.parent / FILE_NAME if executable else None):
         if candidate is not None and candidate.is_file():
             return candidate
     return None
+
+
+def _check_named(path: Path, given: str) -> None:
+    """ConfigError unless ``path``, the file the user named (as ``given``), is a file."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{given}: no such file; name an existing {FILE_NAME}") from None
+    except OSError as exc:  # a folder on the way this user may not enter
+        raise ConfigError(f"{given}: {cannot_read(exc)}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{given}: it is a folder; name the {FILE_NAME} file itself")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{given}: not a regular file; name an existing {FILE_NAME}")
+
+
+def unreadable(path: Path, exc: OSError) -> ConfigError:
+    """The error for a configuration file that exists but cannot be read."""
+    return ConfigError(f"{path}: cannot read it: {cannot_read(exc)}")
 
 
 def frozen_executable() -> Path | None:

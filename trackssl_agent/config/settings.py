@@ -213,6 +213,13 @@ def check_url(text: str) -> str:
         raise ValueError(usage)
     if "@" in parts.netloc or parts.query or parts.fragment:
         raise ValueError("a base URL without user, query or fragment")
+    if parts.path.strip("/"):
+        # The agent adds /api/v1/agents/... itself: a path here would make every request a
+        # 404, which reads as an unknown agent token (issue 22).
+        raise ValueError(
+            "a base URL without a path, such as https://app.trackssl.com (the agent adds "
+            "/api/v1/... itself)"
+        )
     if not _port_ok(parts):
         raise ValueError("a port number between 0 and 65535")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):

@@ -242,10 +242,10 @@ def _expand(text: str, family: int, resolver: Resolver) -> tuple[str | None, tup
     if not kept:
         other = 10 - wanted
         mapped = " (IPv4-mapped)" if network.version != other else ""
-        raise UsageError(
-            f"discover: {text} is an IPv{other} network{mapped}, but -{wanted} asks for "
-            f"IPv{wanted} only"
-        )
+        noun = "address" if network.num_addresses == 1 else "network"
+        # The words probe uses for the same mismatch.
+        problem = probe.wrong_family(family, f"{text}{mapped}", other, noun=noun, verb="scan")
+        raise UsageError(f"discover: {problem}")
     return None, kept
 
 

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from trackssl_agent import log
 from trackssl_agent.base import ascii_values
-from trackssl_agent.cloud import api, transport
+from trackssl_agent.cloud import api, failures, transport
 from trackssl_agent.cloud.schema import Domain
 from trackssl_agent.config.config import Config
 from trackssl_agent.doctor.values import Check, Status
@@ -202,11 +202,14 @@ def _handshake(sock: socket.socket, cfg: Config, host: str, deadline: Deadline) 
                 )
             ) from None
         except OSError as exc:  # ssl.SSLError, a reset, the cut at the deadline
+            if failures.not_tls(exc):
+                detail, fix = failures.not_tls_problem(cfg.url)
+                raise _StepFailed(Check("api tls", Status.FAIL, detail, fix)) from None
             raise _StepFailed(
                 Check(
                     "api tls",
                     Status.FAIL,
-                    f"TLS handshake with {host} failed: {exc}",
+                    failures.words(exc, cfg.url),
                     "check TRACKSSL_URL; a proxy or firewall may be in the way",
                 )
             ) from None

@@ -21,6 +21,7 @@ from trackssl_agent.config.file import (
     parse_lines,
     read_text,
     token_file_warning,
+    unreadable,
 )
 from trackssl_agent.config.secret import Secret
 from trackssl_agent.config.settings import AGENT_TOKEN, AUTH_TOKEN
@@ -46,12 +47,15 @@ def configuration(config_path: Path | None) -> tuple[list[Check], config.Config 
         file = find_file(
             option=config_path, environ=os.environ, cwd=Path.cwd(), executable=frozen_executable()
         )
-        if file is not None:
+    except ConfigError as exc:  # the file named is missing or a folder
+        return [_unread(exc, "name an existing file")], None, True
+    if file is not None:
+        try:
             parse_lines(read_text(file), source=str(file))
-    except (ConfigError, OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        fix = "make the file readable by this user, as UTF-8 KEY=VALUE lines"
-        return [Check("configuration", Status.FAIL, f"cannot be read: {why}", fix)], None, True
+        except OSError as exc:
+            return [_unread(unreadable(file, exc), "name another file")], None, True
+        except ConfigError as exc:  # not UTF-8, too large, a line that is not KEY=VALUE
+            return [_unread(exc, "correct the file: UTF-8 text, KEY=VALUE lines")], None, True
     try:
         cfg = config.from_process(config_option=config_path, options={})
     except ConfigError as exc:
@@ -68,6 +72,13 @@ def configuration(config_path: Path | None) -> tuple[list[Check], config.Config 
         if cfg.file is None or warning != token_file_warning(cfg.file)
     ]
     return checks, cfg, False
+
+
+def _unread(exc: ConfigError, fix: str) -> Check:
+    """The FAIL line of a configuration file that cannot be read: what happened, then the
+    message's own advice (after its ``; ``) as the fix, else ``fix``."""
+    detail, _, advice = str(exc).partition("; ")
+    return Check("configuration", Status.FAIL, detail, advice or fix)
 
 
 def _token_file(cfg: config.Config) -> Check | None:
@@ -195,8 +206,9 @@ def _lock(folder: Folder) -> Check:
             who = f"pid {pid}" if pid else "another process"
             return Check(
                 "lock", Status.WARN, f"held by {who}: an agent is running on this state dir",
-                "fine if that is this host's agent; another agent needs its own "
-                "TRACKSSL_STATE_DIR, or check-once waits for it to finish",
+                "fine if that is this host's agent (run), but while it runs check-once and "
+                "another run on this state dir exit 3 at once: give each its own "
+                "TRACKSSL_STATE_DIR",
             )  # fmt: skip
         fcntl.flock(fd, fcntl.LOCK_UN)
         return Check("lock", Status.OK, "free")

@@ -111,6 +111,15 @@ def _conformance(cert: x509.Certificate) -> list[str]:
     return []
 
 
+def serial_hex(number: int) -> str:
+    """A serial number as ``openssl x509 -serial`` writes it, lowercase: whole bytes, so an
+    even number of hex digits (``0a1b``, never ``a1b``); ``-`` before a negative one."""
+    digits = format(abs(number), "x")
+    if len(digits) % 2:
+        digits = "0" + digits
+    return f"-{digits}" if number < 0 else digits
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -138,7 +147,7 @@ def summarize(der: bytes) -> CertSummary:
         # The lambdas are needed: names decode on first access, which must be inside _field.
         subject=_field("subject", lambda: cert.subject.rfc4514_string(), warnings),  # noqa: PLW0108
         issuer=_field("issuer", lambda: cert.issuer.rfc4514_string(), warnings),  # noqa: PLW0108
-        serial=_field("serial", lambda: format(cert.serial_number, "x"), warnings),
+        serial=_field("serial", lambda: serial_hex(cert.serial_number), warnings),
         sha256=digest,
         not_before=_field("not_before", lambda: _utc(cert.not_valid_before_utc), warnings),
         not_after=_field("not_after", lambda: _utc(cert.not_valid_after_utc), warnings),

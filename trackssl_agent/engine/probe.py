@@ -67,6 +67,26 @@ def address_family(*, ipv4: bool, ipv6: bool) -> socket.AddressFamily:
     return socket.AF_UNSPEC
 
 
+_FLAGS = {socket.AF_INET: ("-4", 4), socket.AF_INET6: ("-6", 6)}
+
+
+def wrong_family(
+    family: int, text: str, version: int, *, noun: str = "address", verb: str = "probe"
+) -> str | None:
+    """What ``-4``/``-6`` (``family``) against ``text``, an IPv``version`` address or network
+    given literally, means, or None when they agree: one wording for ``probe``, local mode,
+    the API's domains and ``discover``."""
+    flag = _FLAGS.get(socket.AddressFamily(family))
+    if flag is None or flag[1] == version:
+        return None
+    return f"{flag[0]} given but {text} is an IPv{version} {noun}; drop {flag[0]} to {verb} it"
+
+
+def literal_version(target: Target) -> int:
+    """4 or 6 for an IP literal target (a scoped ``fe80::1%eth0`` included)."""
+    return 6 if ":" in target.host else 4
+
+
 @lru_cache(maxsize=1)
 def client_context() -> ssl.SSLContext:
     """One permissive client context, built once: it must reach every server a network holds.
@@ -93,14 +113,15 @@ def resolve(
     """The resolve stage: the target's addresses, or why there are none."""
     try:
         if target.is_ip:
+            mismatch = wrong_family(family, target.host, literal_version(target))
+            if mismatch is not None:  # the resolve stage's kind, but not a lookup's words
+                return ProbeError(ErrorKind.DNS, mismatch)
             return socket.getaddrinfo(
                 target.host, target.port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
             )
         addresses = _lookup(target, family, deadline, getaddrinfo)
     except socket.gaierror as exc:
-        return ProbeError(
-            ErrorKind.DNS, f"cannot resolve {target.host}: {exc.strerror}; check the name and DNS"
-        )
+        return _not_resolved(target, family, deadline, getaddrinfo, exc)
     except OSError as exc:  # the deadline passed before the lookup began, or another OSError
         return _lost(exc, target, "the DNS lookup")
     if addresses is None:
@@ -110,6 +131,33 @@ def resolve(
             "check the resolver this host uses",
         )
     return addresses
+
+
+def _not_resolved(
+    target: Target,
+    family: int,
+    deadline: Deadline,
+    getaddrinfo: Callable[..., list[AddrInfo]],
+    exc: socket.gaierror,
+) -> ProbeError:
+    """Why ``target``'s name gave no address. Under ``-4``/``-6`` a name that has addresses
+    of the other family only is said to be just that (one more lookup, on failure only),
+    not a DNS failure."""
+    flag = _FLAGS.get(socket.AddressFamily(family))
+    if flag is not None:
+        try:
+            other = _lookup(target, socket.AF_UNSPEC, deadline, getaddrinfo)
+        except OSError:
+            other = None
+        if other:
+            return ProbeError(
+                ErrorKind.DNS,
+                f"{flag[0]} given but {target.host} has no IPv{flag[1]} address, only "
+                f"IPv{10 - flag[1]}; drop {flag[0]} to probe it",
+            )
+    return ProbeError(
+        ErrorKind.DNS, f"cannot resolve {target.host}: {exc.strerror}; check the name and DNS"
+    )
 
 
 def _lookup(

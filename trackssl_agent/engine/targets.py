@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import idna
 
+from trackssl_agent.base.file_errors import cannot_read
 from trackssl_agent.engine import protocols
 from trackssl_agent.engine.protocols import Protocol
 from trackssl_agent.errors import UsageError
@@ -27,6 +28,8 @@ parsed and a result probed, and 16 MiB of one-letter names would be 8 million.""
 MAX_LINE_BYTES = 4096
 """A targets-file line longer than this (its LF or CRLF not counted) is refused: a target is
 at most a scheme, 253 characters of name and a port, and a comment need not be longer."""
+SHOWN_BAD_LINES = 10
+"""The bad lines of a targets file named one by one; the rest are counted."""
 QUOTE_CHARS = 80
 """Characters of a bad target quoted in its error, at most."""
 
@@ -226,11 +229,13 @@ def read_targets_file(lines: Iterable[str], *, source: str, starttls: str) -> li
     UsageError naming the line of a bad target, or when there are more than
     ``MAX_TARGETS``."""
     targets: list[Target] = []
+    bad: list[str] = []
+    bad_count = 0
     for number, raw in enumerate(lines, start=1):
         line = raw.split("#", 1)[0].strip().lstrip("\ufeff")
         if not line:
             continue
-        if len(targets) == MAX_TARGETS:
+        if len(targets) + bad_count == MAX_TARGETS:
             raise UsageError(
                 f"{source}, line {number}: more than {MAX_TARGETS:,} targets, the limit for a "
                 "targets file; split it into several files"
@@ -238,7 +243,20 @@ def read_targets_file(lines: Iterable[str], *, source: str, starttls: str) -> li
         try:
             targets.append(parse_target(line, starttls=starttls))
         except UsageError as exc:
-            raise UsageError(f"{source}, line {number}: {exc}") from None
+            # Every bad line is counted and the first few named: fixing a file one line
+            # per run is slow (issue 22).
+            bad_count += 1
+            if len(bad) < SHOWN_BAD_LINES:
+                bad.append(f"{source}, line {number}: {exc}")
+    if bad_count == 1:
+        raise UsageError(bad[0])
+    if bad_count:
+        shown = "each named above" if bad_count == len(bad) else f"the first {len(bad)} above"
+        raise UsageError(
+            f"{source}: {bad_count:,} lines are not valid targets ({shown}); nothing was "
+            "probed: correct them and run again",
+            details=tuple(bad),
+        )
     return targets
 
 
@@ -292,8 +310,8 @@ def _read_line(stream: BinaryIO, source: str) -> bytes:
     one; b"" at the end."""
     try:
         return stream.readline(MAX_LINE_BYTES + 2)
-    except OSError as exc:
-        raise UsageError(f"--targets {source}: cannot read it: {exc.strerror or exc}") from None
+    except OSError as exc:  # a folder opens on some systems and fails at the first read
+        raise UsageError(f"--targets {source}: cannot read it: {cannot_read(exc)}") from None
 
 
 def read_targets_path(path: Path, *, starttls: str) -> list[Target]:
@@ -304,6 +322,6 @@ def read_targets_path(path: Path, *, starttls: str) -> list[Target]:
     try:
         stream = path.open("rb")
     except OSError as exc:
-        raise UsageError(f"--targets {path}: cannot read it: {exc.strerror or exc}") from None
+        raise UsageError(f"--targets {path}: cannot read it: {cannot_read(exc)}") from None
     with stream:
         return read_targets_stream(stream, source=str(path), starttls=starttls)

@@ -21,6 +21,8 @@ _TEMP_SUFFIX = ".tmp"
 def check_writable(path: Path) -> None:
     """UsageError, before anything is probed, when ``path``'s folder cannot take the file."""
     folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"--output {path}: it is a folder; name a file (in it, or elsewhere)")
     if not folder.is_dir():
         raise UsageError(f"--output {path}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK | os.X_OK):
