@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, overload
 
-from trackssl_agent.engine import starttls
+from trackssl_agent.engine import socket_handshake, starttls
 from trackssl_agent.engine.dialogues import DIALOGUES
 from trackssl_agent.engine.handshake import Handshake, HandshakeFailure, NotTls, handshake
 from trackssl_agent.engine.protocols import Protocol
 from trackssl_agent.engine.results import ErrorKind, ProbeError, ProbeResult
+from trackssl_agent.engine.socket_handshake import handshake_over_socket
 from trackssl_agent.engine.targets import Target
 from trackssl_agent.engine.transport import Conn, Deadline, DialogueError, RecordIO
 from trackssl_agent.errors import UsageError
@@ -39,6 +40,8 @@ Allow = Callable[[Target, str], bool]
 
 _OP_LEGACY_SERVER_CONNECT = 0x4  # named in ssl only from Python 3.12
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
+_FAST = socket_handshake.available()
+"""Whether handshakes take the socket path (in C) first; the memory-BIO reader otherwise."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,26 @@ def shake_hands(
         return _lost(exc, target, "the TLS handshake")
 
 
+def shake_hands_over_socket(
+    target: Target,
+    sock: socket.socket,
+    deadline: Deadline,
+    context: ssl.SSLContext,
+    servername: str | None,
+) -> Handshake | ProbeError | None:
+    """The handshake stage on the socket path; None when the memory-BIO reader must look."""
+    try:
+        return handshake_over_socket(sock, deadline, context, servername)
+    except socket_handshake.Fallback:
+        return None
+    except HandshakeFailure as exc:
+        return ProbeError(ErrorKind.HANDSHAKE, f"{target.endpoint}: {exc}")
+    except NotTls as exc:  # never raised without the bytes, which this path does not keep
+        return ProbeError(ErrorKind.NOT_TLS, str(exc))
+    except OSError as exc:
+        return _lost(exc, target, "the TLS handshake")
+
+
 def _lost(exc: OSError, target: Target, during: str) -> ProbeError:
     """What the connection's own OSError means, ``during`` naming the stage that got it."""
     where = target.endpoint
@@ -234,12 +257,57 @@ def _attempt(
     getaddrinfo: Callable[..., list[AddrInfo]],
 ) -> tuple[str | None, Handshake | ProbeError]:
     """Run the stages in turn; the first that fails ends the attempt with its own error.
-    Returns the address connected to (None before connect) and the outcome."""
+    Returns the address connected to (None before connect) and the outcome.
+
+    The handshake runs in C over the socket (``socket_handshake``) where it can; when that
+    fails in a way only the memory-BIO reader sees through, the target is connected to
+    again (its dialogue too) and read that way, within the same deadline."""
     addresses = resolve(target, settings.family, deadline, getaddrinfo)
     if not isinstance(addresses, ProbeError) and settings.allow is not None:
         addresses = _allowed(target, addresses, settings.allow)
     if isinstance(addresses, ProbeError):
         return None, addresses
+    address, outcome = _session(target, settings, deadline, context, addresses, fast=_FAST)
+    if outcome is None:
+        address, outcome = _session(target, settings, deadline, context, addresses, fast=False)
+    return address, outcome
+
+
+@overload
+def _session(
+    target: Target,
+    settings: ProbeSettings,
+    deadline: Deadline,
+    context: ssl.SSLContext,
+    addresses: list[AddrInfo],
+    *,
+    fast: Literal[False],
+) -> tuple[str | None, Handshake | ProbeError]: ...
+
+
+@overload
+def _session(
+    target: Target,
+    settings: ProbeSettings,
+    deadline: Deadline,
+    context: ssl.SSLContext,
+    addresses: list[AddrInfo],
+    *,
+    fast: bool,
+) -> tuple[str | None, Handshake | ProbeError | None]: ...
+
+
+def _session(
+    target: Target,
+    settings: ProbeSettings,
+    deadline: Deadline,
+    context: ssl.SSLContext,
+    addresses: list[AddrInfo],
+    *,
+    fast: bool,
+) -> tuple[str | None, Handshake | ProbeError | None]:
+    """Connect, run the dialogue, shake hands (on the socket path when ``fast``); None as
+    the outcome when the socket path asks for the memory-BIO reader."""
     connected = connect(target, addresses, deadline)
     if isinstance(connected, ProbeError):
         return None, connected
@@ -252,6 +320,8 @@ def _attempt(
             io = start_tls(target, target.starttls, conn, servername or target.host)
         if isinstance(io, ProbeError):
             return address, io
+        if fast and io is conn:  # mssql's TLS travels inside TDS packets: memory BIOs only
+            return address, shake_hands_over_socket(target, sock, deadline, context, servername)
         return address, shake_hands(target, io, context, servername)
 
 
