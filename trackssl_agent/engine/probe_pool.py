@@ -31,6 +31,8 @@ SLOW = 0.1
 """Seconds after which a probe in flight counts as waiting on its server, not on a core."""
 TICK = 0.05
 """How often the reader's wait looks at the probes in flight."""
+HANDFUL = 64
+"""Results ``probe_many`` takes from the queue at once when several are ready."""
 
 Item = tuple[int, ProbeResult]
 
@@ -54,12 +56,14 @@ def probe_many(
     Up to ``concurrency`` worker threads take targets from one iterator and put results on
     one queue: nothing is kept for finished ones, so memory does not grow with the number
     of targets. Once ``stop`` is set (or the caller stops iterating) no new probe starts;
-    those in flight end by their deadline. At most ``waiting`` results wait for the caller.
+    those in flight end by their deadline. At most ``waiting`` results wait for the caller,
+    besides the ``HANDFUL`` at most taken together from them.
     """
     results = start_probes(targets, settings, concurrency=concurrency, stop=stop, waiting=waiting)
     try:
-        while (item := results.get()) is not None:
-            yield item
+        # What is ready, taken at once: the workers wake this thread once per handful.
+        while (batch := results.take(HANDFUL, linger=0.0)) is not None:
+            yield from batch
     finally:
         results.halt()
 
