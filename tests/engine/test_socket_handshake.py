@@ -188,3 +188,22 @@ def test_a_probe_in_a_forked_child_gets_a_watchdog_of_its_own(
     elapsed, message = out.read_text().split(" ", 1)
     assert f"more than {MAX_HANDSHAKE // 1024} KiB" in message
     assert float(elapsed) < 3000
+
+
+def test_with_no_time_left_to_look_again_what_the_socket_path_saw_stands() -> None:
+    """A server that answers a ClientHello with plaintext only after most of the deadline:
+    the second look runs out of time, so the probe reports the failed handshake the socket
+    path saw, not a timeout."""
+
+    def late_plaintext(conn: socket.socket) -> None:
+        conn.recv(4096)
+        time.sleep(0.7)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        time.sleep(2)
+
+    with tls_servers.running(tls_servers.TcpServer(late_plaintext)) as server:
+        result = probe(parse_target(server.endpoint), ProbeSettings(timeout=1.0))
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.HANDSHAKE, result.error
+    assert "TLS handshake failed" in result.error.message
+    assert result.elapsed_ms < 1500

@@ -24,7 +24,13 @@ from typing import Any, Literal, overload
 
 from trackssl_agent.engine import socket_handshake, starttls
 from trackssl_agent.engine.dialogues import DIALOGUES
-from trackssl_agent.engine.handshake import Handshake, HandshakeFailure, NotTls, handshake
+from trackssl_agent.engine.handshake import (
+    Handshake,
+    HandshakeFailure,
+    NotTls,
+    after_failure,
+    handshake,
+)
 from trackssl_agent.engine.protocols import Protocol
 from trackssl_agent.engine.results import ErrorKind, ProbeError, ProbeResult
 from trackssl_agent.engine.socket_handshake import handshake_over_socket
@@ -213,24 +219,40 @@ def shake_hands(
         return _lost(exc, target, "the TLS handshake")
 
 
+@dataclass(frozen=True)
+class _LookAgain:
+    """The socket path asks for the memory-BIO reader; ``first`` is what it alone saw."""
+
+    first: ProbeError
+
+
 def shake_hands_over_socket(
     target: Target,
     sock: socket.socket,
     deadline: Deadline,
     context: ssl.SSLContext,
     servername: str | None,
-) -> Handshake | ProbeError | None:
-    """The handshake stage on the socket path; None when the memory-BIO reader must look."""
+) -> Handshake | ProbeError | _LookAgain:
+    """The handshake stage on the socket path, or a request for the memory-BIO reader."""
     try:
         return handshake_over_socket(sock, deadline, context, servername)
-    except socket_handshake.Fallback:
-        return None
+    except socket_handshake.Fallback as fallback:
+        return _LookAgain(_settled(target, fallback.first))
     except HandshakeFailure as exc:
         return ProbeError(ErrorKind.HANDSHAKE, f"{target.endpoint}: {exc}")
-    except NotTls as exc:  # never raised without the bytes, which this path does not keep
-        return ProbeError(ErrorKind.NOT_TLS, str(exc))
     except OSError as exc:
         return _lost(exc, target, "the TLS handshake")
+
+
+def _settled(target: Target, exc: BaseException) -> ProbeError:
+    """The error a failed handshake is without the bytes the server sent."""
+    try:
+        after_failure(exc, (), None, b"")
+    except HandshakeFailure as failure:
+        return ProbeError(ErrorKind.HANDSHAKE, f"{target.endpoint}: {failure}")
+    except OSError as lost:
+        return _lost(lost, target, "the TLS handshake")
+    return ProbeError(ErrorKind.HANDSHAKE, f"{target.endpoint}: TLS handshake failed")
 
 
 def _lost(exc: OSError, target: Target, during: str) -> ProbeError:
@@ -270,9 +292,12 @@ def _attempt(
     if isinstance(addresses, ProbeError):
         return None, addresses
     address, outcome = _session(target, settings, deadline, context, addresses, fast=_FAST)
-    if outcome is None:
-        address, outcome = _session(target, settings, deadline, context, addresses, fast=False)
-    return address, outcome
+    if not isinstance(outcome, _LookAgain):
+        return address, outcome
+    again, second = _session(target, settings, deadline, context, addresses, fast=False)
+    if isinstance(second, ProbeError) and second.kind is ErrorKind.TIMEOUT:
+        return address, outcome.first  # no time was left to look again: what was seen stands
+    return again, second
 
 
 @overload
@@ -296,7 +321,7 @@ def _session(
     addresses: list[AddrInfo],
     *,
     fast: bool,
-) -> tuple[str | None, Handshake | ProbeError | None]: ...
+) -> tuple[str | None, Handshake | ProbeError | _LookAgain]: ...
 
 
 def _session(
@@ -307,9 +332,9 @@ def _session(
     addresses: list[AddrInfo],
     *,
     fast: bool,
-) -> tuple[str | None, Handshake | ProbeError | None]:
-    """Connect, run the dialogue, shake hands (on the socket path when ``fast``); None as
-    the outcome when the socket path asks for the memory-BIO reader."""
+) -> tuple[str | None, Handshake | ProbeError | _LookAgain]:
+    """Connect, run the dialogue, shake hands (on the socket path when ``fast``, which may
+    ask for the memory-BIO reader)."""
     connected = connect(target, addresses, deadline)
     if isinstance(connected, ProbeError):
         return None, connected

@@ -49,7 +49,12 @@ connection received, read or not, so a flood shows before OpenSSL has taken it i
 
 
 class Fallback(Exception):
-    """The socket path failed where the memory-BIO reader may see more: probe again there."""
+    """The socket path failed where the memory-BIO reader may see more: probe again there.
+    ``first`` is what failed here, for when no time is left for that second look."""
+
+    def __init__(self, first: BaseException) -> None:
+        super().__init__(str(first))
+        self.first = first
 
 
 def bytes_received(sock: socket.socket) -> int | None:
@@ -207,5 +212,5 @@ def _after_socket_failure(exc: OSError, tls: ssl.SSLSocket, cut: Cut | None) -> 
         received = bytes_received(tls)
         if received is None or received > 0:
             # The bytes are gone into OpenSSL: only the memory-BIO reader can read them.
-            raise Fallback from exc
+            raise Fallback(failure) from exc
     return after_failure(failure, presented_chain(tls), tls.version(), b"")
