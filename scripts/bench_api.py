@@ -56,6 +56,9 @@ class State:
         self.gets = 0
         self.posts = 0
         self.received: set[int] = set()
+        self.distinct_at = 0.0
+        """``time.monotonic()`` when the newest distinct domain_id arrived (the clock is
+        the machine's, so the benchmark can time a client that never exits)."""
         self.unknown_ids = 0
         self.bad_payloads = 0
         self.unauthorized = 0
@@ -80,6 +83,7 @@ class State:
                 "gets": self.gets,
                 "posts": self.posts,
                 "distinct": len(self.received),
+                "distinct_at": self.distinct_at,
                 "missing": len(self.known - self.received),
                 "unknown_ids": self.unknown_ids,
                 "bad_payloads": self.bad_payloads,
@@ -112,6 +116,8 @@ class State:
                 self.bad_payloads += 1
                 return 400, b'{"error": "HTTP 400"}'
             if domain_id in self.known:
+                if domain_id not in self.received:
+                    self.distinct_at = time.monotonic()
                 self.received.add(domain_id)
             else:
                 self.unknown_ids += 1

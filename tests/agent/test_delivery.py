@@ -137,3 +137,33 @@ def test_the_cycle_waits_for_room_while_posts_lag_and_not_once_stopped(
         delivery.finish()
     assert len(box) == 10 - delivery.delivered  # nothing lost: the rest waits in the outbox
     box.close()
+
+
+def test_posts_held_by_the_cores_do_not_grow_the_posters() -> None:
+    """Records waiting and throughput rising, yet each post hardly waits on the API (a fast
+    API on busy cores): the posters stay as they are, where more would only add threads."""
+    clock = Clock()
+    limit = Concurrency(4, clock=clock)
+    for turn in range(4):
+        posts = limit.limit * 2 * (turn + 1)  # more delivered every interval
+        for _post in range(posts):
+            limit.waited()
+            clock.now += 0.3 / posts
+            limit.completed(network=0.0001)
+    assert limit.limit == 4
+
+
+def test_posts_waiting_on_the_api_grow_the_posters() -> None:
+    """Each post spends its time waiting on the API (a slow API): more posters deliver more,
+    so the limit doubles as throughput rises."""
+    clock = Clock()
+    limit = Concurrency(4, clock=clock)
+    seen = [limit.limit]
+    for _ in range(3):
+        posts = limit.limit * 2
+        for _post in range(posts):
+            limit.waited()
+            clock.now += 0.3 / posts
+            limit.completed(network=limit.limit * 0.3 / posts)  # every poster waits on the API
+        seen.append(limit.limit)
+    assert seen == [4, 8, 16, 32]

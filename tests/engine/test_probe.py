@@ -253,6 +253,39 @@ def test_denied_target_is_never_contacted(rsa_server: tls_servers.TcpServer) -> 
     assert rsa_server.accepted_before_now() == before
 
 
+def _client_hello_extensions(stream: bytes) -> list[int]:
+    """The extension types of the ClientHello opening ``stream`` (RFC 5246 7.4.1.2)."""
+    hello = stream[5 + 4 :]  # record header, handshake header
+    at = 2 + 32  # client_version, random
+    at += 1 + hello[at]  # session_id
+    at += 2 + int.from_bytes(hello[at : at + 2], "big")  # cipher_suites
+    at += 1 + hello[at]  # compression_methods
+    end = at + 2 + int.from_bytes(hello[at : at + 2], "big")
+    at += 2
+    types = []
+    while at + 4 <= end:
+        types.append(int.from_bytes(hello[at : at + 2], "big"))
+        at += 4 + int.from_bytes(hello[at + 2 : at + 4], "big")
+    return types
+
+
+def test_the_client_hello_asks_for_no_session_ticket(rsa_chain: Chain) -> None:
+    """A probe never resumes a session, so its ClientHello carries no session_ticket
+    extension (35) and a TLS 1.2 server mints and encrypts no ticket for it."""
+    context = tls_servers.server_context(rsa_chain, max_version=ssl.TLSVersion.TLSv1_2)
+    with tls_servers.running(tls_servers.tls_server(context)) as backend:
+        proxy = tls_servers.RecordingProxy(backend.port)
+        try:
+            result = probe(parse_target(f"127.0.0.1:{proxy.port}"), FAST)
+            assert proxy.client_closed.wait(5)
+        finally:
+            proxy.close()
+    assert result.ok
+    extensions = _client_hello_extensions(bytes(proxy.received))
+    assert 0x000D in extensions  # signature_algorithms: the parse found the extensions
+    assert 0x0023 not in extensions
+
+
 def test_probe_many_yields_every_target_with_index(
     rsa_chain: Chain, rsa_server: tls_servers.TcpServer
 ) -> None:

@@ -5,7 +5,6 @@ completes through the outbox, and report. ``compose`` wires it from a Config; lo
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import Counter
@@ -40,19 +39,9 @@ _LINGER = 0.05
 
 def _batches(probes: Probes) -> Iterator[list[tuple[int, ProbeResult]]]:
     """Block for one result, then gather more for up to ``_LINGER`` seconds (at most
-    ``_BATCH``): one outbox write, and so one fsync, per batch rather than per result."""
-    while (item := probes.get()) is not None:
-        batch = [item]
-        end = time.monotonic() + _LINGER
-        while len(batch) < _BATCH and (left := end - time.monotonic()) > 0:
-            try:
-                item = probes.get(timeout=left)
-            except queue.Empty:
-                break
-            if item is None:
-                yield batch
-                return
-            batch.append(item)
+    ``_BATCH``): one outbox write, and so one fsync, per batch rather than per result. The
+    workers wake this thread for the first result and a full batch only."""
+    while (batch := probes.take(_BATCH, _LINGER)) is not None:
         yield batch
 
 

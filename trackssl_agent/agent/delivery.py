@@ -6,13 +6,16 @@ never posted twice at once, and a record replaced by a newer one is skipped, so 
 result never follows a newer one. Taking a record is O(1): two FIFO queues (backlog, new)
 and a side list for the rare record whose domain is already in flight.
 
-Concurrency starts at ``initial`` and doubles while records wait for a free poster and the
-number delivered per interval keeps rising (a slow API: more posts in flight deliver
-more); a 429 or 503 halves it and holds new posts back for the delay the API asked for.
+Concurrency starts at ``initial`` and doubles while records wait for a free poster, the
+number delivered per interval keeps rising and the posts spend their time waiting on the
+API rather than computing (a slow API: more posts in flight deliver more; a fast one is
+held by the cores, where more posters only add threads); a 429 or 503 halves it and holds
+new posts back for the delay the API asked for.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -52,24 +55,33 @@ class Concurrency:
         self._done = 0
         self._best = 0.0
         self._waited = False
+        self._network = 0.0
+        self._timed = False
         self.paused_until = 0.0
 
     def waited(self) -> None:
         """A record was ready while every allowed poster was busy."""
         self._waited = True
 
-    def completed(self) -> None:
-        """One post finished (either way); may change ``limit``."""
+    def completed(self, network: float | None = None) -> None:
+        """One post finished (either way), ``network`` seconds of it spent waiting on the
+        API rather than computing (when measured); may change ``limit``."""
         self._done += 1
+        if network is not None:
+            self._network += network
+            self._timed = True
         now = self._clock()
         elapsed = now - self._since
         if elapsed < _INTERVAL:
             return
         rate = self._done / elapsed
-        self._since, self._done = now, 0
+        # Little's law: the posts that were waiting on the API at any moment, on average.
+        # Below half the posters, the posters are held by the cores, not by the API.
+        waiting_on_api = self._network / elapsed if self._timed else math.inf
+        self._since, self._done, self._network, self._timed = now, 0, 0.0, False
         if now < self.paused_until:
             return  # a paused interval says nothing about what more posts would deliver
-        if self._waited and rate > self._best * 1.1:
+        if self._waited and rate > self._best * 1.1 and waiting_on_api > self.limit / 2:
             self.limit = min(self.cap, self.limit * 2)
         self._best = max(self._best, rate)
         self._waited = False
@@ -203,6 +215,7 @@ class Delivery:
 
     def _work(self) -> None:
         while (record := self._take()) is not None:
+            started, computed = time.monotonic(), time.thread_time()
             try:
                 self._client.post(
                     record.data(), domain_id=record.domain_id, overloaded=self._overloaded,
@@ -234,7 +247,8 @@ class Delivery:
                     self._backlog_left.discard(id(record))
                     if self._ready():
                         self.concurrency.waited()  # no poster was free for it
-                    self.concurrency.completed()
+                    spent = time.monotonic() - started
+                    self.concurrency.completed(spent - (time.thread_time() - computed))
                     self._grow()
                     self._room.notify()
                     if self._halted() or self._closed:

@@ -1,9 +1,14 @@
-"""How requests reach the API when no proxy applies: kept-alive ``http.client``
-connections, each attempt cut at its own absolute deadline. It moves bytes; retries, the
-schema and what a status means are ``api``'s.
+"""How requests reach the API when no proxy applies: kept-alive HTTP/1.1 connections,
+each attempt cut at its own absolute deadline. It moves bytes; retries, the schema and
+what a status means are ``api``'s.
 
 ``requests`` rebuilds headers, re-parses the URL and merges environment settings on every
-call, and costs a tenth of a second to import; a post needs none of that. One watchdog
+call, and costs a tenth of a second to import; a post needs none of that. ``http.client``
+validates every header of every request again and parses every answer's headers with the
+e-mail parser: a third of a post's CPU on a busy cycle. Here a request is one ``sendall``
+of a head built once per path plus the body, and an answer is read by a small bounded
+parser (status line, at most ``MAX_HEADERS`` header lines, a body by Content-Length,
+chunks or up to the end of the connection). One watchdog
 thread serves every connection (a timer per request would cost a thread each): at a
 request's deadline it shuts the connection's socket down, which ends a read blocked on a
 server that trickles (each byte inside the read timeout), whether it waits for the TLS
@@ -13,7 +18,6 @@ handshake, the headers or the body. Through a proxy, ``cloud.session`` does the 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import socket
 import ssl
 import threading
@@ -85,34 +89,191 @@ def declared_too_large(declared: str | None, limit: int) -> bool:
     return size is not None and size > limit
 
 
-class _Plain(http.client.HTTPConnection):
-    cut: socket.socket | None = None
-    """The socket the watchdog shuts down at a deadline."""
-
-    def connect(self) -> None:
-        super().connect()
-        self.cut = self.sock
+MAX_HEAD = 256 * 1024
+"""An answer's status line and headers larger than this are not the API's."""
+MAX_HEADERS = 100
+"""As ``http.client``: an answer with more header lines is refused."""
+_RECV = 64 * 1024
 
 
-class _Tls(http.client.HTTPSConnection):
-    cut: socket.socket | None = None
+class _Connection:
+    """One kept-alive connection to the API's host, connected on its first request.
 
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)  # TCP only; the handshake comes below
-        # The TLS layer detaches the TCP socket object it wraps; a duplicate of the
-        # descriptor still reaches the connection, so a trickled handshake can be cut too.
-        self.cut = self.sock.dup()
-        context: ssl.SSLContext = self._context  # type: ignore[attr-defined]
-        self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
+    ``cut`` is the plain socket the watchdog shuts down at a deadline: under TLS a
+    duplicate of the descriptor taken before the handshake, so that a trickled handshake
+    can be cut too.
+    """
+
+    def __init__(
+        self, host: str, port: int, timeout: float, context: ssl.SSLContext | None
+    ) -> None:
+        self._address = (host, port)
+        self._timeout = timeout
+        self._context = context
+        self.sock: socket.socket | None = None
+        self.cut: socket.socket | None = None
+        self.buffer = bytearray()
+        """Bytes received and not yet read."""
+
+    def connect(self) -> socket.socket:
+        """The connected socket (TLS handshake done when the API is https)."""
+        if self.sock is not None:
+            return self.sock
+        sock = socket.create_connection(self._address, self._timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._context is None:
+            self.cut = self.sock = sock
+            return sock
+        self.cut = sock.dup()
+        try:
+            self.sock = self._context.wrap_socket(sock, server_hostname=self._address[0])
+        except BaseException:
+            sock.close()
+            raise
+        return self.sock
 
     def close(self) -> None:
-        super().close()
+        sock, self.sock = self.sock, None
         cut, self.cut = self.cut, None
-        if cut is not None:
+        if sock is not None:
+            sock.close()
+        if cut is not None and cut is not sock:
             cut.close()
 
+    def fill(self) -> bool:
+        """Receive once into ``buffer``; False at the end of the stream."""
+        if self.sock is None:
+            return False
+        data = self.sock.recv(_RECV)
+        self.buffer += data
+        return bool(data)
 
-_Connection = _Plain | _Tls
+
+class _Unanswered(Exception):
+    """The connection ended before any byte of an answer (a kept-alive one the server
+    closed meanwhile, perhaps)."""
+
+
+def _head(conn: _Connection) -> bytes:
+    """The status line and headers of the next answer, through the blank line."""
+    start = 0
+    while True:
+        end = conn.buffer.find(b"\r\n\r\n", start)
+        lf_end = conn.buffer.find(b"\n\n", start)
+        if end >= 0 or lf_end >= 0:
+            stop = min(e + length for e, length in ((end, 4), (lf_end, 2)) if e >= 0)
+            head = bytes(conn.buffer[:stop])
+            del conn.buffer[:stop]
+            return head
+        if len(conn.buffer) > MAX_HEAD:
+            raise AttemptFailed(f"the API's answer has more than {MAX_HEAD // 1024} KiB of headers")
+        start = max(0, len(conn.buffer) - 3)
+        if not conn.fill():
+            if conn.buffer:
+                raise AttemptFailed("the API closed the connection in the middle of its answer")
+            raise _Unanswered
+
+
+class _Head(NamedTuple):
+    status: int
+    keep_alive: bool
+    """What the version and the Connection header allow (a body read to the end of the
+    connection ends it anyway)."""
+    fields: dict[str, str]
+
+
+def _parse_head(head: bytes) -> _Head:
+    """Status, keep-alive and header fields (names lowercased, repeats joined by ``, ``)."""
+    lines = head.split(b"\n")
+    first = lines[0].rstrip(b"\r")
+    parts = first.split(None, 2)
+    code = parts[1].decode("latin-1") if len(parts) > 1 else ""
+    status = ascii_values.whole(code) if len(code) == 3 else None
+    if status is None or status < 100 or not parts[0].startswith(b"HTTP/"):
+        raise AttemptFailed(
+            f"the API's answer is not HTTP: {log.excerpt(first.decode('latin-1'), 100)!r}"
+        )
+    fields: dict[str, str] = {}
+    name = ""
+    count = 0
+    for raw in lines[1:]:
+        line = raw.rstrip(b"\r").decode("latin-1")
+        if not line:
+            continue
+        if line[0] in " \t" and name:  # an obsolete folded continuation of the last field
+            fields[name] = f"{fields[name]} {line.strip()}"
+            continue
+        count += 1
+        if count > MAX_HEADERS:
+            raise AttemptFailed(f"the API's answer has more than {MAX_HEADERS} headers")
+        key, colon, value = line.partition(":")
+        if not colon:
+            continue  # not a field; http.client's parser skips it too
+        name = key.strip().lower()
+        value = value.strip()
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    connection = fields.get("connection", "").lower()
+    if parts[0] == b"HTTP/1.1":
+        keep_alive = "close" not in connection
+    else:
+        keep_alive = "keep-alive" in connection
+    return _Head(status, keep_alive, fields)
+
+
+def _exact(conn: _Connection, size: int) -> bytes:
+    """The next ``size`` bytes of the answer."""
+    while len(conn.buffer) < size:
+        if not conn.fill():
+            raise AttemptFailed("the API closed the connection in the middle of its answer")
+    data = bytes(conn.buffer[:size])
+    del conn.buffer[:size]
+    return data
+
+
+def _line(conn: _Connection) -> bytes:
+    """The next line of a chunked body (a size or a trailer), without its end."""
+    while (end := conn.buffer.find(b"\n")) < 0:
+        if len(conn.buffer) > MAX_HEAD:
+            raise AttemptFailed("the API's chunked answer has an overlong line")
+        if not conn.fill():
+            raise AttemptFailed("the API closed the connection in the middle of its answer")
+    line = bytes(conn.buffer[:end]).rstrip(b"\r")
+    del conn.buffer[: end + 1]
+    return line
+
+
+def _chunked(conn: _Connection, limit: int, what: str) -> bytes:
+    """A chunked body (RFC 9112 7.1); ResponseError past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        text = _line(conn).split(b";", 1)[0].strip().decode("latin-1")
+        length = int(text, 16) if text and all(c in _HEX for c in text) else None
+        if length is None:
+            raise AttemptFailed("the API's chunked answer has a bad chunk size")
+        if length == 0:
+            while _line(conn):  # trailer fields, then the blank line
+                pass
+            return b"".join(parts)
+        size += length
+        if size > limit:
+            raise too_large(what, limit)
+        parts.append(_exact(conn, length))
+        _exact(conn, 2)  # the CRLF after the chunk
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _to_end(conn: _Connection, limit: int, what: str) -> bytes:
+    """The body up to the end of the connection; ResponseError past ``limit`` bytes."""
+    while len(conn.buffer) <= limit and conn.fill():
+        pass
+    if len(conn.buffer) > limit:
+        raise too_large(what, limit)
+    data = bytes(conn.buffer)
+    conn.buffer.clear()
+    return data
 
 
 class _Stale(Exception):
@@ -187,9 +348,11 @@ class Transport:
         parts = urlsplit(url)
         self._url = url
         self._host = parts.hostname or ""
-        self._port = parts.port
-        self._headers = headers
-        self._context = tls_context(ca_bundle) if parts.scheme == "https" else None
+        https = parts.scheme == "https"
+        self._port = parts.port or (443 if https else 80)
+        self._fields = _fields(self._host, parts.port, headers)
+        self._heads: dict[tuple[str, str], bytes] = {}
+        self._context = tls_context(ca_bundle) if https else None
         self._timeouts = (connect_timeout, read_timeout)
         self._max_body = max_body
         self._idle: list[_Connection] = []
@@ -236,9 +399,17 @@ class Transport:
 
     def _new(self, limit: float) -> _Connection:
         timeout = max(0.01, min(*self._timeouts, limit))
-        if self._context is not None:
-            return _Tls(self._host, self._port, timeout=timeout, context=self._context)
-        return _Plain(self._host, self._port, timeout=timeout)
+        return _Connection(self._host, self._port, timeout, self._context)
+
+    def _head_of(self, method: str, path: str) -> bytes:
+        """The request line and the fixed headers of ``method`` on ``path``, built once."""
+        head = self._heads.get((method, path))
+        if head is None:
+            if any(c in path for c in " \r\n") or not path.isascii():
+                raise ApiError(f"the API path {path!r} cannot be sent; check TRACKSSL_URL")
+            head = f"{method} {path} HTTP/1.1\r\n{self._fields}".encode("latin-1")
+            self._heads[(method, path)] = head
+        return head
 
     def _exchange(
         self,
@@ -254,14 +425,16 @@ class Transport:
         """Send on ``conn`` and read the whole answer; ``conn`` is then kept or closed."""
         self._watchdog.watch(conn, deadline)
         try:
-            if conn.sock is not None:  # kept alive: its timeout was set for an earlier request
-                conn.sock.settimeout(max(0.01, min(self._timeouts[1], limit)))
-            headers = self._headers
-            if body is not None:
-                headers = {**headers, "Content-Type": "application/json"}
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            answer = Answer(response.status, self._read(response, what), response.getheader)
+            sock = conn.connect()
+            # Kept alive or new: the read timeout of this request, not an earlier one's.
+            sock.settimeout(max(0.01, min(self._timeouts[1], limit)))
+            head = self._head_of(method, path)
+            if body is None:
+                sock.sendall(head + b"\r\n")
+            else:
+                length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                sock.sendall(b"".join((head, length.encode("ascii"), body)))
+            answer, keep = self._answer(conn, method, what)
         except BaseException as exc:
             fired = self._watchdog.release(conn)
             conn.close()
@@ -272,21 +445,47 @@ class Transport:
         if self._watchdog.release(conn):
             conn.close()
             raise AttemptFailed(f"no complete answer within {limit:g} s")
-        if response.will_close:
+        if not keep or conn.buffer:  # more than the answer arrived: do not reuse it
             conn.close()
         else:
             with self._lock:
                 self._idle.append(conn)
         return answer
 
-    def _read(self, response: http.client.HTTPResponse, what: str) -> bytes:
-        limit = self._max_body
-        if declared_too_large(response.getheader("Content-Length"), limit):
-            raise too_large(what, limit)
-        body = response.read(limit + 1)
-        if len(body) > limit:
-            raise too_large(what, limit)
-        return body
+    def _answer(self, conn: _Connection, method: str, what: str) -> tuple[Answer, bool]:
+        """The next answer on ``conn`` (interim 1xx answers skipped) and whether the
+        connection may be reused."""
+        while True:
+            parsed = _parse_head(_head(conn))
+            if not 100 <= parsed.status < 200:
+                break
+        fields, limit = parsed.fields, self._max_body
+        keep = parsed.keep_alive
+        declared = ascii_values.whole(fields.get("content-length", ""), cap=limit + 1)
+        if method == "HEAD" or parsed.status in (204, 304):
+            body = b""
+        elif "chunked" in fields.get("transfer-encoding", "").lower():
+            body = _chunked(conn, limit, what)
+        elif declared is not None:
+            if declared > limit:
+                raise too_large(what, limit)
+            body = _exact(conn, declared)
+        else:
+            body, keep = _to_end(conn, limit, what), False
+        return Answer(parsed.status, body, lambda name: fields.get(name.lower())), keep
+
+
+def _fields(host: str, port: int | None, headers: dict[str, str]) -> str:
+    """The header lines every request carries: Host (as ``http.client`` writes it), no
+    compression, then ``headers``; ApiError for a value that would break the request."""
+    name = host.encode("idna").decode("ascii") if not host.isascii() else host
+    shown = f"[{name}]" if ":" in name else name
+    lines = [f"Host: {shown}{f':{port}' if port is not None else ''}", "Accept-Encoding: identity"]
+    for key, value in headers.items():
+        if any(c in key + value for c in "\r\n\0") or not (key + value).isascii():
+            raise ApiError(f"the {key} header cannot be sent: it holds a line break or non-ASCII")
+        lines.append(f"{key}: {value}")
+    return "".join(f"{line}\r\n" for line in lines)
 
 
 def _failure(exc: BaseException, url: str) -> BaseException:
@@ -295,10 +494,10 @@ def _failure(exc: BaseException, url: str) -> BaseException:
         return ApiError(tls_failure(url, exc.verify_message or str(exc)))
     if failures.not_tls(exc):  # a wrong URL: no retry can help
         return ApiError(failures.not_tls_words(url))
-    if isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError):
+    if isinstance(exc, _Unanswered | BrokenPipeError | ConnectionResetError):
         return _Stale()
     if isinstance(exc, TimeoutError):
         return AttemptFailed("timed out")
-    if isinstance(exc, OSError | http.client.HTTPException):
+    if isinstance(exc, OSError):
         return AttemptFailed(failures.words(exc, url), failures.advice(exc))
     return exc

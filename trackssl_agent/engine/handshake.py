@@ -33,12 +33,12 @@ class Handshake:
     warning: str | None
 
 
-def presented_chain(tls: ssl.SSLObject) -> tuple[bytes, ...]:
+def presented_chain(tls: ssl.SSLObject | ssl.SSLSocket) -> tuple[bytes, ...]:
     """Every certificate the server sent, leaf first, as DER; works after a failed handshake."""
     public = getattr(tls, "get_unverified_chain", None)
     if public is not None:  # Python 3.13+: a list of DER bytes
         return tuple(bytes(der) for der in (public() or []))
-    inner = tls._sslobj  # type: ignore[attr-defined]
+    inner = tls._sslobj  # type: ignore[union-attr]
     chain = inner.get_unverified_chain() if inner is not None else None
     return tuple(cert.public_bytes(_ENCODING_DER) for cert in (chain or []))
 
@@ -58,7 +58,7 @@ _KEPT = 256 * 1024
 """The first bytes of the server's answer kept for reading its Certificate message."""
 
 
-class _Flooded(Exception):
+class Flooded(Exception):
     """More than MAX_HANDSHAKE bytes arrived without the handshake completing."""
 
 
@@ -91,28 +91,30 @@ def handshake(io: RecordIO, context: ssl.SSLContext, servername: str | None) -> 
                     received.append(data)
                 total += len(data)
                 if total > MAX_HANDSHAKE:
-                    raise _Flooded from None
+                    raise Flooded from None
                 incoming.write(data)
         # The client Finished of TLS 1.3 belongs to the handshake; nothing is sent after it.
         with contextlib.suppress(OSError):
             _flush(outgoing, io)
         cipher = tls.cipher()
         return Handshake(presented_chain(tls), tls.version(), cipher[0] if cipher else None, None)
-    except (OSError, ssl.SSLError, _Flooded) as exc:
-        return _after_failure(exc, tls, b"".join(received))
+    except (OSError, ssl.SSLError, Flooded) as exc:
+        return after_failure(exc, presented_chain(tls), tls.version(), b"".join(received))
 
 
-def _after_failure(exc: BaseException, tls: ssl.SSLObject, received: bytes) -> Handshake:
-    """The chain of a failed handshake if any was presented, else the typed error for it.
+def after_failure(
+    exc: BaseException, chain: tuple[bytes, ...], version: str | None, received: bytes
+) -> Handshake:
+    """The chain of a failed handshake if any was presented (``chain``, what OpenSSL kept,
+    else the cleartext Certificate message in ``received``), else the typed error for it.
 
     The TLS errors become NotTls or HandshakeFailure here, where they are caught; what
     the connection itself raised (a timeout, a reset) goes on as the OSError it is.
     """
     reason = handshake_reason(exc)
-    chain = presented_chain(tls)
     if chain:
         return Handshake(
-            chain, tls.version(), None, f"the handshake broke off after the certificates: {reason}"
+            chain, version, None, f"the handshake broke off after the certificates: {reason}"
         )
     flight = tls_records.read_server_flight(received)
     if flight.chain:
@@ -142,7 +144,7 @@ def _failure(exc: BaseException, reason: str, version: str | None) -> HandshakeF
             "under TLS 1.3 it is sent encrypted, so no chain can be reported: check the "
             "certificate on the server"
         )
-    if isinstance(exc, _Flooded):
+    if isinstance(exc, Flooded):
         return HandshakeFailure(f"TLS handshake failed: {reason} without completing the handshake")
     if isinstance(exc, ssl.SSLEOFError) or (isinstance(exc, ssl.SSLError) and "EOF" in str(exc)):
         return HandshakeFailure(
@@ -166,6 +168,6 @@ def handshake_reason(exc: BaseException) -> str:
         return _SSL_NOISE.sub("", str(exc.args[1])).lower() or "unknown reason"
     if isinstance(exc, TimeoutError):
         return "no reply before the deadline"
-    if isinstance(exc, _Flooded):
+    if isinstance(exc, Flooded):
         return f"the server sent more than {MAX_HANDSHAKE // 1024} KiB"
     return str(exc) or type(exc).__name__
