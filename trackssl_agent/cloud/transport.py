@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from trackssl_agent import log
 from trackssl_agent.base import ascii_values
 from trackssl_agent.cloud import failures
 from trackssl_agent.errors import ApiError
