@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.tls_servers import TcpServer
-from trackssl_agent.cloud.transport import MAX_HEADERS, AttemptFailed, ResponseError, Transport
+from trackssl_agent.cloud.http_wire import MAX_HEADERS
+from trackssl_agent.cloud.transport import AttemptFailed, ResponseError, Transport
 from trackssl_agent.errors import ApiError
 
 HEADERS = {"Authorization": "Bearer t0ken", "Accept": "application/json", "User-Agent": "x/1"}

@@ -3,12 +3,10 @@ each attempt cut at its own absolute deadline. It moves bytes; retries, the sche
 what a status means are ``api``'s.
 
 ``requests`` rebuilds headers, re-parses the URL and merges environment settings on every
-call, and costs a tenth of a second to import; a post needs none of that. ``http.client``
-validates every header of every request again and parses every answer's headers with the
-e-mail parser: a third of a post's CPU on a busy cycle. Here a request is one ``sendall``
-of a head built once per path plus the body, and an answer is read by a small bounded
-parser (status line, at most ``MAX_HEADERS`` header lines, a body by Content-Length,
-chunks or up to the end of the connection). One watchdog
+call, and costs a tenth of a second to import; a post needs none of that, nor what
+``http.client`` does on every call (validate each header again, parse the answer's headers
+with the e-mail parser): here a request is one ``sendall`` of a head built once per path
+plus the body, and ``http_wire`` reads the answer. One watchdog
 thread serves every connection (a timer per request would cost a thread each): at a
 request's deadline it shuts the connection's socket down, which ends a read blocked on a
 server that trickles (each byte inside the read timeout), whether it waits for the TLS
@@ -27,9 +25,8 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from trackssl_agent import log
 from trackssl_agent.base import ascii_values
-from trackssl_agent.cloud import failures
+from trackssl_agent.cloud import failures, http_wire
 from trackssl_agent.errors import ApiError
 from trackssl_agent.errors import ResponseError as ResponseError  # noqa: PLC0414 - re-exported
 
@@ -90,193 +87,6 @@ def declared_too_large(declared: str | None, limit: int) -> bool:
     return size is not None and size > limit
 
 
-MAX_HEAD = 256 * 1024
-"""An answer's status line and headers larger than this are not the API's."""
-MAX_HEADERS = 100
-"""As ``http.client``: an answer with more header lines is refused."""
-_RECV = 64 * 1024
-
-
-class _Connection:
-    """One kept-alive connection to the API's host, connected on its first request.
-
-    ``cut`` is the plain socket the watchdog shuts down at a deadline: under TLS a
-    duplicate of the descriptor taken before the handshake, so that a trickled handshake
-    can be cut too.
-    """
-
-    def __init__(
-        self, host: str, port: int, timeout: float, context: ssl.SSLContext | None
-    ) -> None:
-        self._address = (host, port)
-        self._timeout = timeout
-        self._context = context
-        self.sock: socket.socket | None = None
-        self.cut: socket.socket | None = None
-        self.buffer = bytearray()
-        """Bytes received and not yet read."""
-
-    def connect(self) -> socket.socket:
-        """The connected socket (TLS handshake done when the API is https)."""
-        if self.sock is not None:
-            return self.sock
-        sock = socket.create_connection(self._address, self._timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._context is None:
-            self.cut = self.sock = sock
-            return sock
-        self.cut = sock.dup()
-        try:
-            self.sock = self._context.wrap_socket(sock, server_hostname=self._address[0])
-        except BaseException:
-            sock.close()
-            raise
-        return self.sock
-
-    def close(self) -> None:
-        sock, self.sock = self.sock, None
-        cut, self.cut = self.cut, None
-        if sock is not None:
-            sock.close()
-        if cut is not None and cut is not sock:
-            cut.close()
-
-    def fill(self) -> bool:
-        """Receive once into ``buffer``; False at the end of the stream."""
-        if self.sock is None:
-            return False
-        data = self.sock.recv(_RECV)
-        self.buffer += data
-        return bool(data)
-
-
-class _Unanswered(Exception):
-    """The connection ended before any byte of an answer (a kept-alive one the server
-    closed meanwhile, perhaps)."""
-
-
-def _head(conn: _Connection) -> bytes:
-    """The status line and headers of the next answer, through the blank line."""
-    start = 0
-    while True:
-        end = conn.buffer.find(b"\r\n\r\n", start)
-        lf_end = conn.buffer.find(b"\n\n", start)
-        if end >= 0 or lf_end >= 0:
-            stop = min(e + length for e, length in ((end, 4), (lf_end, 2)) if e >= 0)
-            head = bytes(conn.buffer[:stop])
-            del conn.buffer[:stop]
-            return head
-        if len(conn.buffer) > MAX_HEAD:
-            raise AttemptFailed(f"the API's answer has more than {MAX_HEAD // 1024} KiB of headers")
-        start = max(0, len(conn.buffer) - 3)
-        if not conn.fill():
-            if conn.buffer:
-                raise AttemptFailed("the API closed the connection in the middle of its answer")
-            raise _Unanswered
-
-
-class _Head(NamedTuple):
-    status: int
-    keep_alive: bool
-    """What the version and the Connection header allow (a body read to the end of the
-    connection ends it anyway)."""
-    fields: dict[str, str]
-
-
-def _parse_head(head: bytes) -> _Head:
-    """Status, keep-alive and header fields (names lowercased, repeats joined by ``, ``)."""
-    lines = head.split(b"\n")
-    first = lines[0].rstrip(b"\r")
-    parts = first.split(None, 2)
-    code = parts[1].decode("latin-1") if len(parts) > 1 else ""
-    status = ascii_values.whole(code) if len(code) == 3 else None
-    if status is None or status < 100 or not parts[0].startswith(b"HTTP/"):
-        raise AttemptFailed(
-            f"the API's answer is not HTTP: {log.excerpt(first.decode('latin-1'), 100)!r}"
-        )
-    fields: dict[str, str] = {}
-    name = ""
-    count = 0
-    for raw in lines[1:]:
-        line = raw.rstrip(b"\r").decode("latin-1")
-        if not line:
-            continue
-        if line[0] in " \t" and name:  # an obsolete folded continuation of the last field
-            fields[name] = f"{fields[name]} {line.strip()}"
-            continue
-        count += 1
-        if count > MAX_HEADERS:
-            raise AttemptFailed(f"the API's answer has more than {MAX_HEADERS} headers")
-        key, colon, value = line.partition(":")
-        if not colon:
-            continue  # not a field; http.client's parser skips it too
-        name = key.strip().lower()
-        value = value.strip()
-        fields[name] = f"{fields[name]}, {value}" if name in fields else value
-    connection = fields.get("connection", "").lower()
-    if parts[0] == b"HTTP/1.1":
-        keep_alive = "close" not in connection
-    else:
-        keep_alive = "keep-alive" in connection
-    return _Head(status, keep_alive, fields)
-
-
-def _exact(conn: _Connection, size: int) -> bytes:
-    """The next ``size`` bytes of the answer."""
-    while len(conn.buffer) < size:
-        if not conn.fill():
-            raise AttemptFailed("the API closed the connection in the middle of its answer")
-    data = bytes(conn.buffer[:size])
-    del conn.buffer[:size]
-    return data
-
-
-def _line(conn: _Connection) -> bytes:
-    """The next line of a chunked body (a size or a trailer), without its end."""
-    while (end := conn.buffer.find(b"\n")) < 0:
-        if len(conn.buffer) > MAX_HEAD:
-            raise AttemptFailed("the API's chunked answer has an overlong line")
-        if not conn.fill():
-            raise AttemptFailed("the API closed the connection in the middle of its answer")
-    line = bytes(conn.buffer[:end]).rstrip(b"\r")
-    del conn.buffer[: end + 1]
-    return line
-
-
-def _chunked(conn: _Connection, limit: int, what: str) -> bytes:
-    """A chunked body (RFC 9112 7.1); ResponseError past ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        text = _line(conn).split(b";", 1)[0].strip().decode("latin-1")
-        length = int(text, 16) if text and all(c in _HEX for c in text) else None
-        if length is None:
-            raise AttemptFailed("the API's chunked answer has a bad chunk size")
-        if length == 0:
-            while _line(conn):  # trailer fields, then the blank line
-                pass
-            return b"".join(parts)
-        size += length
-        if size > limit:
-            raise too_large(what, limit)
-        parts.append(_exact(conn, length))
-        _exact(conn, 2)  # the CRLF after the chunk
-
-
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-
-def _to_end(conn: _Connection, limit: int, what: str) -> bytes:
-    """The body up to the end of the connection; ResponseError past ``limit`` bytes."""
-    while len(conn.buffer) <= limit and conn.fill():
-        pass
-    if len(conn.buffer) > limit:
-        raise too_large(what, limit)
-    data = bytes(conn.buffer)
-    conn.buffer.clear()
-    return data
-
-
 class _Stale(Exception):
     """The server closed the connection before answering (maybe an idle kept-alive one)."""
 
@@ -286,19 +96,19 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._active: dict[int, tuple[float, _Connection]] = {}
+        self._active: dict[int, tuple[float, http_wire.Connection]] = {}
         self._fired: set[int] = set()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, conn: _Connection, deadline: float) -> None:
+    def watch(self, conn: http_wire.Connection, deadline: float) -> None:
         with self._lock:
             self._active[id(conn)] = (deadline, conn)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="api-deadlines", daemon=True)
                 self._thread.start()
 
-    def release(self, conn: _Connection) -> bool:
+    def release(self, conn: http_wire.Connection) -> bool:
         """Stop watching ``conn``; True when its deadline had fired."""
         with self._lock:
             self._active.pop(id(conn), None)
@@ -356,7 +166,7 @@ class Transport:
         self._context = tls_context(ca_bundle) if https else None
         self._timeouts = (connect_timeout, read_timeout)
         self._max_body = max_body
-        self._idle: list[_Connection] = []
+        self._idle: list[http_wire.Connection] = []
         self._lock = threading.Lock()
         self._watchdog = _Watchdog()
 
@@ -392,15 +202,15 @@ class Transport:
         except _Stale:
             raise AttemptFailed("the API closed the connection") from None
 
-    def _take(self, limit: float) -> tuple[_Connection, bool]:
+    def _take(self, limit: float) -> tuple[http_wire.Connection, bool]:
         with self._lock:
             if self._idle:
                 return self._idle.pop(), True
         return self._new(limit), False
 
-    def _new(self, limit: float) -> _Connection:
+    def _new(self, limit: float) -> http_wire.Connection:
         timeout = max(0.01, min(*self._timeouts, limit))
-        return _Connection(self._host, self._port, timeout, self._context)
+        return http_wire.Connection(self._host, self._port, timeout, self._context)
 
     def _head_of(self, method: str, path: str) -> bytes:
         """The request line and the fixed headers of ``method`` on ``path``, built once."""
@@ -414,7 +224,7 @@ class Transport:
 
     def _exchange(
         self,
-        conn: _Connection,
+        conn: http_wire.Connection,
         *,
         method: str,
         path: str,
@@ -453,27 +263,19 @@ class Transport:
                 self._idle.append(conn)
         return answer
 
-    def _answer(self, conn: _Connection, method: str, what: str) -> tuple[Answer, bool]:
+    def _answer(self, conn: http_wire.Connection, method: str, what: str) -> tuple[Answer, bool]:
         """The next answer on ``conn`` (interim 1xx answers skipped) and whether the
         connection may be reused."""
         while True:
-            parsed = _parse_head(_head(conn))
-            if not 100 <= parsed.status < 200:
+            head = http_wire.parse_head(http_wire.read_head(conn))
+            if not 100 <= head.status < 200:
                 break
-        fields, limit = parsed.fields, self._max_body
-        keep = parsed.keep_alive
-        declared = ascii_values.whole(fields.get("content-length", ""), cap=limit + 1)
-        if method == "HEAD" or parsed.status in (204, 304):
-            body = b""
-        elif "chunked" in fields.get("transfer-encoding", "").lower():
-            body = _chunked(conn, limit, what)
-        elif declared is not None:
-            if declared > limit:
-                raise too_large(what, limit)
-            body = _exact(conn, declared)
-        else:
-            body, keep = _to_end(conn, limit, what), False
-        return Answer(parsed.status, body, lambda name: fields.get(name.lower())), keep
+        try:
+            body, keep = http_wire.read_body(conn, head, method, self._max_body)
+        except http_wire.TooLarge:
+            raise too_large(what, self._max_body) from None
+        fields = head.fields
+        return Answer(head.status, body, lambda name: fields.get(name.lower())), keep
 
 
 def _fields(host: str, port: int | None, headers: dict[str, str]) -> str:
@@ -495,8 +297,10 @@ def _failure(exc: BaseException, url: str) -> BaseException:
         return ApiError(tls_failure(url, exc.verify_message or str(exc)))
     if failures.not_tls(exc):  # a wrong URL: no retry can help
         return ApiError(failures.not_tls_words(url))
-    if isinstance(exc, _Unanswered | BrokenPipeError | ConnectionResetError):
+    if isinstance(exc, http_wire.Unanswered | BrokenPipeError | ConnectionResetError):
         return _Stale()
+    if isinstance(exc, http_wire.WireError):
+        return AttemptFailed(str(exc))
     if isinstance(exc, TimeoutError):
         return AttemptFailed("timed out")
     if isinstance(exc, OSError):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal, overload
+from typing import Any
 
 from trackssl_agent.engine import socket_handshake, starttls
 from trackssl_agent.engine.dialogues import DIALOGUES
@@ -343,33 +343,11 @@ def _attempt(
     if not isinstance(outcome, _LookAgain):
         return address, outcome
     again, second = _session(target, settings, deadline, context, addresses, fast=False)
+    if isinstance(second, _LookAgain):  # the memory-BIO path never asks for another look
+        second = second.first
     if isinstance(second, ProbeError) and second.kind is ErrorKind.TIMEOUT:
         return address, outcome.first  # no time was left to look again: what was seen stands
     return again, second
-
-
-@overload
-def _session(
-    target: Target,
-    settings: ProbeSettings,
-    deadline: Deadline,
-    context: ssl.SSLContext,
-    addresses: list[AddrInfo],
-    *,
-    fast: Literal[False],
-) -> tuple[str | None, Handshake | ProbeError]: ...
-
-
-@overload
-def _session(
-    target: Target,
-    settings: ProbeSettings,
-    deadline: Deadline,
-    context: ssl.SSLContext,
-    addresses: list[AddrInfo],
-    *,
-    fast: bool,
-) -> tuple[str | None, Handshake | ProbeError | _LookAgain]: ...
 
 
 def _session(
