@@ -5,8 +5,12 @@
 leaf + intermediate chain, ``scripts/bench_nginx.py``; install nginx with
 ``scripts/install-bench.sh``) runs alternately from this tree (every result judged: path
 built to the OS store plus ``--ca-file``, names, weak crypto, text with problems and summary)
-and from a baseline tree without judging: by default the commit before ``verdict/judge.py`` was
-added, exported with ``git archive`` into a temporary folder (the repository is not touched).
+and from a baseline tree without judging: by default this tree's committed code (``git archive
+HEAD``, into a temporary folder; the repository is not touched) with ``Judge.__call__``
+replaced by one that only says OK or CRITICAL (failed), so the two differ by judging alone:
+parsing, path building, names, weak crypto, reading the store, the problems in the output. With
+``--baseline-rev REV`` the baseline is that commit's tree unchanged instead (e.g. the commit
+before judging was added, which also lacks every later change).
 Both run as ``python -m trackssl_agent`` children of the same interpreter; wall time is
 process start to exit, CPU is the child's user + system time. The goal: the judged median
 wall at most 10 % above the baseline's.
@@ -96,15 +100,25 @@ def distinct_chains(
     return files, ca_file
 
 
-def baseline_rev() -> str:
-    """The parent of the commit that added ``trackssl_agent/verdict/judge.py``."""
-    added = subprocess.run(
-        ["git", "log", "--diff-filter=A", "--format=%H", "--", "trackssl_agent/verdict/judge.py"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    if not added:
-        raise SystemExit("no commit adds trackssl_agent/verdict/judge.py: give --baseline-rev")
-    return f"{added[-1]}^"
+UNJUDGED = '''
+
+def _unjudged(self: Judge, result: ProbeResult) -> Verdict:
+    """The benchmark's baseline: no judging, only whether the chain was retrieved."""
+    if result.ok and result.chain:
+        return Verdict(Status.OK, (), chain_verified=False, days_left=None)
+    problem = Problem(Kind.FAILED, Severity.CRITICAL, str(result.error))
+    return Verdict(Status.CRITICAL, (problem,), chain_verified=False, days_left=None)
+
+
+Judge.__call__ = _unjudged  # type: ignore[method-assign]
+'''
+"""Appended to the baseline's ``verdict/judge.py``."""
+
+
+def unjudge(tree: Path) -> None:
+    """Replace the judging of the exported ``tree`` with ``UNJUDGED``'s pass-through."""
+    judge = tree / "trackssl_agent" / "verdict" / "judge.py"
+    judge.write_text(judge.read_text() + UNJUDGED)
 
 
 def export(rev: str, where: Path) -> Path:
@@ -149,7 +163,10 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--base-port", type=int, default=20000)
-    parser.add_argument("--baseline-rev", default=None)
+    parser.add_argument(
+        "--baseline-rev", default=None,
+        help="compare with this commit's tree as it is (default: HEAD with judging removed)",
+    )  # fmt: skip
     parser.add_argument(
         "--chains", choices=("distinct", "shared"), default="distinct",
         help="a certificate per endpoint (the default), or one for all",
@@ -160,8 +177,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-verdict-") as temp:
         work = Path(temp)
-        rev = args.baseline_rev or baseline_rev()
+        rev = args.baseline_rev or "HEAD"
         baseline = export(rev, work)
+        if args.baseline_rev is None:
+            unjudge(baseline)
+            rev = "HEAD without judging"
         endpoints = endpoints_for(
             args.targets, base_port=args.base_port, per_address=2000, first_octet=1
         )
@@ -183,10 +203,13 @@ def main() -> int:
             common = ["check-once", "--targets", str(targets), "--concurrency", "64"]
             common += ["--format", args.format]
             judged_args = [*common, "--ca-file", str(ca_file)]
+            # The unjudged tree takes the option too (and never reads the file); an old one
+            # may not know it.
+            baseline_args = common if args.baseline_rev else judged_args
             runs: dict[str, list[tuple[float, float, int]]] = {"baseline": [], "judged": []}
             for rep in range(args.reps + 1):  # the first pair warms caches, untimed
                 for label, tree, command in (
-                    ("baseline", baseline, common),
+                    ("baseline", baseline, baseline_args),
                     ("judged", ROOT, judged_args),
                 ):
                     figures = run_once(tree, command, work)

@@ -39,8 +39,10 @@ def make_cert(
     not_after: datetime | None = None,
     days: float = 90,
     serial: int | None = None,
+    permitted: tuple[str, ...] = (),
 ) -> x509.Certificate:
-    """One certificate; self-signed unless an issuer name and key are given."""
+    """One certificate; self-signed unless an issuer name and key are given. ``permitted``:
+    DNS name constraints (a CA's permitted subtrees)."""
     now = datetime.now(UTC)
     start = not_before or now - timedelta(days=1)
     end = not_after or now + timedelta(days=days)
@@ -62,6 +64,9 @@ def make_cert(
             except ValueError:
                 names.append(x509.DNSName(san))
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if permitted:
+        subtrees: list[x509.GeneralName] = [x509.DNSName(name) for name in permitted]
+        builder = builder.add_extension(x509.NameConstraints(subtrees, None), critical=True)
     algorithm = hashes.SHA256()
     return builder.sign(issuer_key or key, algorithm)
 

@@ -33,10 +33,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import (
+    ClientVerifier,
     Criticality,
     ExtensionPolicy,
     Policy,
     PolicyBuilder,
+    ServerVerifier,
     Store,
     VerificationError,
 )
@@ -78,9 +80,10 @@ def _eku_for_server(
         raise ValueError("extendedKeyUsage does not allow TLS server authentication")
 
 
-def _policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
+def _policies() -> tuple[ExtensionPolicy, ExtensionPolicy, ExtensionPolicy]:
     """The CA and leaf extension policies: the Web PKI's, with what private CAs leave out
-    made optional (see the module docstring)."""
+    made optional (see the module docstring); then the leaf's for a name checked by the
+    verifier, which needs the subjectAltName it matches against."""
     agnostic = Criticality.AGNOSTIC
     # The path is built by the client verifier (it checks no name: names are judged apart,
     # the common name included), so its purpose, client authentication, is replaced by the
@@ -91,14 +94,14 @@ def _policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
         .may_be_present(x509.KeyUsage, agnostic, _ku_for_ca)
         .may_be_present(x509.ExtendedKeyUsage, agnostic, _eku_for_server)
     )
-    leaf = (
+    named = (
         ExtensionPolicy.webpki_defaults_ee()
         .may_be_present(x509.AuthorityKeyIdentifier, agnostic, None)
-        .may_be_present(x509.SubjectAlternativeName, agnostic, None)
         .may_be_present(x509.KeyUsage, agnostic, None)
         .may_be_present(x509.ExtendedKeyUsage, agnostic, _eku_for_server)
     )
-    return ca, leaf
+    leaf = named.may_be_present(x509.SubjectAlternativeName, agnostic, None)
+    return ca, leaf, named
 
 
 def der_of(cert: x509.Certificate) -> bytes:
@@ -135,7 +138,7 @@ class TrustContext:
             with contextlib.suppress(Exception):  # an anchor whose name cannot be read
                 self.subjects.add(cert.subject)
             self.ders.add(der_of(cert))
-        self.ca_policy, self.leaf_policy = _policies()
+        self.ca_policy, self.leaf_policy, self.named_leaf_policy = _policies()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ class Trust:
 
     verified: bool
     why: str | None = None
+    path: tuple[x509.Certificate, ...] = ()
+    """The verified path, leaf to anchor (empty when not verified)."""
 
 
 def _clean(reason: str) -> str:
@@ -197,11 +202,11 @@ def check_trust(
             .extension_policies(ca_policy=ctx.ca_policy, ee_policy=ctx.leaf_policy)
         )
         try:
-            builder.build_client_verifier().verify(leaf, list(presented))
+            verified = builder.build_client_verifier().verify(leaf, list(presented))
         except VerificationError as exc:
             reason = _clean(str(exc))
         else:
-            return Trust(verified=True)
+            return Trust(verified=True, path=tuple(verified.chain))
     try:
         walked = _walk(leaf, presented, ctx)
     except Exception as exc:  # a name that cannot be compared: say so, judge the rest
@@ -209,6 +214,70 @@ def check_trust(
     if walked is not None:
         return Trust(verified=False, why=walked)
     return Trust(verified=False, why=f"a path to a trusted CA exists but is refused: {reason}")
+
+
+@dataclass(frozen=True)
+class VerifiedIssuer:
+    """A CA certificate met as the leaf's issuer in a verified path, ready to verify further
+    leaves it issued: a path through it to an anchor holds while ``not_before <= time <=
+    not_after`` (every certificate from it to the anchor valid), whatever leaf hangs below."""
+
+    store: Store
+    not_before: datetime
+    not_after: datetime
+
+
+def verified_issuer(path: Sequence[x509.Certificate]) -> VerifiedIssuer | None:
+    """The leaf's issuer in the verified ``path`` (leaf to anchor), or None when a further leaf
+    could not be verified against the issuer alone with the same result: the leaf is the
+    anchor, or a certificate above it constrains names (which would bind the next leaf too)."""
+    if len(path) < 2:
+        return None
+    above = path[1:]
+    for cert in above:
+        try:
+            cert.extensions.get_extension_for_class(x509.NameConstraints)
+        except x509.ExtensionNotFound:
+            continue
+        return None
+    start = max(c.not_valid_before_utc for c in above)
+    end = min(c.not_valid_after_utc for c in above)
+    if start > end:
+        return None
+    return VerifiedIssuer(Store([path[1]]), start, end)
+
+
+def verified_under(
+    leaf: x509.Certificate,
+    issuer: VerifiedIssuer,
+    ctx: TrustContext,
+    at: datetime,
+    *,
+    name: str | None = None,
+) -> bool:
+    """Whether ``leaf`` verifies at ``at`` with ``issuer`` as its only anchor: the leaf's own
+    signature, validity and extensions, the path above already known good at ``at``; with
+    ``name``, also that one of its subjectAltNames matches it (RFC 6125 as the verifier applies
+    it: a match there is a match for ``name_problem`` too, tests compare the two). A refusal
+    says nothing (``check_trust`` and ``name_problem`` then judge, and word why)."""
+    if not issuer.not_before <= at <= issuer.not_after:
+        return False
+    builder = PolicyBuilder().store(issuer.store).time(at)
+    try:
+        if name is None:
+            verifier: ClientVerifier | ServerVerifier = builder.extension_policies(
+                ca_policy=ctx.ca_policy, ee_policy=ctx.leaf_policy
+            ).build_client_verifier()
+        else:
+            address = _ip(name) if _looks_like_ip(name) else None
+            subject = x509.IPAddress(address) if address is not None else x509.DNSName(name)
+            verifier = builder.extension_policies(
+                ca_policy=ctx.ca_policy, ee_policy=ctx.named_leaf_policy
+            ).build_server_verifier(subject)
+        verifier.verify(leaf, [])
+    except (VerificationError, ValueError, TypeError):  # ValueError: a name it cannot take
+        return False
+    return True
 
 
 def _dns_matches(pattern: str, reference: str) -> bool:

@@ -173,6 +173,16 @@ class Judge:
         # path verified once while every certificate in it stays valid.
         self._parsed: dict[bytes, _Parsed] = {}
         self._trusted: dict[tuple[bytes, ...], tuple[datetime, datetime, chain_check.Trust]] = {}
+        # Distinct leaves under one CA (one intermediate for a whole network): once a path
+        # through the CA verified, a leaf presented with that CA is checked against the CA
+        # alone, one signature instead of the path's; anything short of a pass is judged in
+        # full. Not when a certificate above constrains names (verified_issuer).
+        self._issuers: dict[bytes, chain_check.VerifiedIssuer] = {}
+        self.full_checks = 0
+        self._name_misses = 0
+        """Leaves in a row the verifier did not pass with their name (see _named_under)."""
+        self._name_tries = 0
+        """Chains verified in full, path built to an anchor (for tests and benchmarks)."""
 
     @property
     def anchors(self) -> Anchors:
@@ -237,20 +247,45 @@ class Judge:
                 # Trust is judged at a moment the leaf is valid: an expired leaf is "expired",
                 # not also "untrusted" for the same reason.
                 at = min(max(at, not_before), not_after)
-            trust = self._trust(result.chain, leaf, presented, at)
-            verified = trust.verified
-            if not trust.verified:
-                problems.append(Problem(Kind.UNTRUSTED, concern, trust.why or "untrusted"))
             reference = result.servername or result.target.host
-            try:
-                mismatch = chain_check.name_problem(leaf, reference)
-            except Exception as exc:  # never let one odd certificate stop the judging
-                mismatch = f"the name cannot be checked ({type(exc).__name__})"
-            if mismatch:
-                problems.append(Problem(Kind.NAME_MISMATCH, concern, mismatch))
+            if self._named_under(result.chain, leaf, reference, at):
+                verified = True  # and the name matches: one verification said both
+            else:
+                trust = self._trust(result.chain, leaf, presented, at)
+                verified = trust.verified
+                if not trust.verified:
+                    problems.append(Problem(Kind.UNTRUSTED, concern, trust.why or "untrusted"))
+                try:
+                    mismatch = chain_check.name_problem(leaf, reference)
+                except Exception as exc:  # never let one odd certificate stop the judging
+                    mismatch = f"the name cannot be checked ({type(exc).__name__})"
+                if mismatch:
+                    problems.append(Problem(Kind.NAME_MISMATCH, concern, mismatch))
         problems += [Problem(kind, concern, text) for p in parsed for kind, text in p.weak]
         problems.sort(key=lambda p: (_RANK[p.severity], _ORDER[p.kind]))
         return Verdict(status_of(problems), tuple(problems), verified, days_left)
+
+    def _named_under(
+        self, chain: tuple[bytes, ...], leaf: x509.Certificate, reference: str, at: datetime
+    ) -> bool:
+        """True when the leaf was presented with a CA already verified (``_issuers``) and one
+        verification under that CA passes with the name as subject: trusted and named at once,
+        the common case of a network's own CA. Where leaves keep failing it (targets probed by
+        an address their certificates do not name), it is tried only now and then."""
+        issuer = self._issuers.get(chain[1]) if len(chain) > 1 else None
+        if issuer is None:
+            return False
+        self._name_tries += 1
+        if self._name_misses >= _MISSES and self._name_tries % _MISSES:
+            return False
+        try:
+            named = chain_check.verified_under(
+                leaf, issuer, self._trust_context(), at, name=reference
+            )
+        except Exception:  # judged in full instead
+            named = False
+        self._name_misses = 0 if named else self._name_misses + 1
+        return named
 
     def _trust(
         self,
@@ -262,8 +297,19 @@ class Judge:
         cached = self._trusted.get(chain)
         if cached is not None and cached[0] <= at <= cached[1]:
             return cached[2]
+        context = self._trust_context()
+        issuer = self._issuers.get(chain[1]) if len(chain) > 1 else None
         try:
-            trust = chain_check.check_trust(leaf, presented, self._trust_context(), at)
+            if issuer is not None and chain_check.verified_under(leaf, issuer, context, at):
+                return chain_check.Trust(verified=True)
+            self.full_checks += 1
+            trust = chain_check.check_trust(leaf, presented, context, at)
+            if trust.verified and len(chain) > 1 and trust.path[1:2] == tuple(presented[:1]):
+                found = chain_check.verified_issuer(trust.path)
+                if found is not None:
+                    if len(self._issuers) >= _CACHED:
+                        self._issuers.clear()
+                    self._issuers[chain[1]] = found
         except Exception as exc:  # a certificate the verifier chokes on: judged, not a crash
             why = f"the chain cannot be verified ({type(exc).__name__}: {exc})"
             return chain_check.Trust(False, why)
@@ -277,6 +323,9 @@ class Judge:
 
 _CACHED = 4096
 """Certificates and chains remembered at most, each; then forgotten all at once."""
+_MISSES = 16
+"""After this many leaves in a row failed the one-step check of ``_named_under``, it is
+tried on one leaf in this many."""
 
 
 def _valid_together(certs: Sequence[x509.Certificate]) -> tuple[datetime, datetime] | None:
