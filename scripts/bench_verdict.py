@@ -15,7 +15,7 @@ Both run as ``python -m trackssl_agent`` children of the same interpreter; wall 
 process start to exit, CPU is the child's user + system time. The goal: the judged median
 wall at most 10 % above the baseline's.
 
-    python scripts/bench_verdict.py                     # 2,000 targets, medians of 5
+    python scripts/bench_verdict.py                     # 2,000 targets, medians of 9
     python scripts/bench_verdict.py --targets 200 --reps 1
 """
 
@@ -161,7 +161,7 @@ def main() -> int:
     """Run the comparison and print the figures; exit 1 on a MISS."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=int, default=2000)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--base-port", type=int, default=20000)
     parser.add_argument(
         "--baseline-rev", default=None,

@@ -247,6 +247,22 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/verdict/test_verdict.py",
         ),
     ),
+    Mutation(
+        "issuer-shortcut-past-name-constraints",
+        "a leaf under a verified CA skips the name constraints of the root above it",
+        "trackssl_agent/verdict/chain_check.py",
+        "            cert.extensions.get_extension_for_class(x509.NameConstraints)",
+        "            cert.extensions.get_extension_for_class(x509.OCSPNoCheck)",
+        ("tests/verdict/test_verified_issuers.py",),
+    ),
+    Mutation(
+        "issuer-shortcut-past-expiry",
+        "a leaf under a verified CA is trusted after the root above the CA expired",
+        "trackssl_agent/verdict/chain_check.py",
+        "    if not issuer.not_before <= at <= issuer.not_after:",
+        "    if False:",
+        ("tests/verdict/test_verified_issuers.py",),
+    ),
     # -- the allow list ----------------------------------------------------------------
     Mutation(
         "allow-list-allows-every-address",
