@@ -54,6 +54,9 @@ class State:
     def reset(self) -> None:
         """Forget what was received."""
         self.gets = 0
+        self.get_at = 0.0
+        """``time.monotonic()`` of the first GET of the domain list (the client's start-up
+        ends there)."""
         self.posts = 0
         self.received: set[int] = set()
         self.distinct_at = 0.0
@@ -81,6 +84,7 @@ class State:
         return json.dumps(
             {
                 "gets": self.gets,
+                "get_at": self.get_at,
                 "posts": self.posts,
                 "distinct": len(self.received),
                 "distinct_at": self.distinct_at,
@@ -102,6 +106,7 @@ class State:
             return 401, b'{"error": "HTTP 401"}'
         if method == b"GET" and path == self.domains_path:
             self.gets += 1
+            self.get_at = self.get_at or time.monotonic()
             return 200, self.domains_body
         if method == b"POST" and path == self.post_path:
             self.posts += 1

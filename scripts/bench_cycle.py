@@ -88,6 +88,20 @@ class ChildRun:
     api_cpu_s: float = 0.0
     """CPU the API process spent while this child ran: it must stay small."""
     tail: str = ""
+    started_at: float = 0.0
+    """``time.monotonic()`` at the child's start (the API's times are on the same clock)."""
+
+    @property
+    def phases(self) -> str:
+        """Start to the first GET of the domain list, and the last new POST to the end."""
+        get_at, last_at = self.stats.get("get_at") or 0.0, self.stats.get("distinct_at") or 0.0
+        if not (self.started_at and get_at and last_at):
+            return ""
+        ended_at = self.started_at + self.wall_s
+        return (
+            f"  start->GET {1000 * (get_at - self.started_at):.0f} ms,"
+            f" last POST->exit {1000 * (ended_at - last_at):.0f} ms"
+        )
 
     @property
     def cpu_ms_per_target(self) -> float:
@@ -310,6 +324,7 @@ def run_child(
         stats=stats,
         api_cpu_s=float(stats["cpu_s"]) - api_cpu,
         tail=tail,
+        started_at=float(answer.get("started_at", 0.0)),
     )
 
 
@@ -414,7 +429,7 @@ class Bench:
             f"    {kind:10} {targets:6} targets  wall {run.wall_s:6.2f} s  "
             f"CPU {run.cpu_ms_per_target:5.2f} ms/target  peak RSS {run.maxrss_kib / 1024:6.1f} MiB"
             f"  posted {run.stats.get('distinct')}/{targets}  exit {run.exit_code}"
-            f"  (API CPU {1000 * run.api_cpu_s / max(targets, 1):.2f} ms/target)"
+            f"  (API CPU {1000 * run.api_cpu_s / max(targets, 1):.2f} ms/target){run.phases}"
         )
         if not run.complete:
             self.report.fail(
@@ -531,11 +546,12 @@ class Bench:
             cpu_s=usage[0], maxrss_kib=usage[1], exit_code=0 if reached else 1,
             stats=stats, api_cpu_s=float(stats["cpu_s"]) - api_cpu,
             tail=(workdir / "stdout").read_text(errors="replace")[-400:].replace("\n", " | "),
+            started_at=started,
         )  # fmt: skip
         self.report.say(
             f"    {'go-agent':10} {targets:6} targets  wall {run.wall_s:6.2f} s  "
             f"CPU {run.cpu_ms_per_target:5.2f} ms/target  peak RSS {run.maxrss_kib / 1024:6.1f} MiB"
-            f"  posted {stats.get('distinct')}/{targets}  (start to the last POST)"
+            f"  posted {stats.get('distinct')}/{targets}  (start to the last POST){run.phases}"
         )
         if not run.complete:
             self.report.fail(f"go-agent at {targets} targets: {dict(stats)}; output: {run.tail}")

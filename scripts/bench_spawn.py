@@ -43,6 +43,7 @@ def main() -> None:
             ),
         ]
         started = time.perf_counter()
+        started_at = time.monotonic()
         pid = os.posix_spawnp(
             request["argv"][0], request["argv"], request["env"], file_actions=actions
         )
@@ -50,6 +51,7 @@ def main() -> None:
         wall = time.perf_counter() - started
         answer = {
             "wall_s": wall,
+            "started_at": started_at,
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "maxrss_kib": usage.ru_maxrss,
             "exit_code": os.waitstatus_to_exitcode(status),

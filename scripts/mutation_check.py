@@ -94,6 +94,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         _PROBE_TESTS,
     ),
     Mutation(
+        "deadline-rearmed-for-the-socket-handshake",
+        "the handshake in C gets a fresh deadline after the dialogue",
+        "trackssl_agent/engine/probe.py",
+        "            return address, shake_hands_over_socket("
+        "target, sock, deadline, context, servername)",
+        "            return address, shake_hands_over_socket("
+        "target, sock, Deadline(settings.timeout), context, servername)",
+        _PROBE_TESTS,
+    ),
+    Mutation(
         "deadline-rearmed-after-connect",
         "the dialogue and handshake get a fresh deadline after connect",
         "trackssl_agent/engine/probe.py",

@@ -19,6 +19,7 @@ from tests.listeners import closed_port
 from tests.tls_servers import TcpServer, running
 from trackssl_agent.engine.probe import ProbeSettings, connect, probe
 from trackssl_agent.engine.results import ErrorKind, ProbeError, ProbeResult
+from trackssl_agent.engine.starttls_binary import prelogin_options, tds_packets
 from trackssl_agent.engine.targets import parse_target
 from trackssl_agent.engine.transport import Deadline
 
@@ -324,6 +325,70 @@ def test_one_deadline_spans_dns_connect_dialogue_and_handshake(full_backlog: int
     )
     assert result.address == "127.0.0.1"
     # A deadline re-armed after any stage would end at least 0.8 s (the lookup) later.
+    assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
+
+
+def _slow_lookup(port: int, skew: list[float], seconds: float) -> Any:
+    """A resolver that moves the probe's clock ``seconds`` forward, then gives 127.0.0.1."""
+
+    def resolver(*_args: object) -> list[tuple[Any, ...]]:
+        skew[0] += seconds
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    return resolver
+
+
+def test_one_deadline_spans_a_slow_lookup_and_a_stalled_dialogue() -> None:
+    """A lookup that took most of the deadline, then an SMTP server that greets and never
+    answers EHLO: the dialogue ends at the deadline made when the probe started, not at one
+    started after the connection (the dialogue's own, which the handshake does not use)."""
+    timeout, lookup = 2.0, 1.2
+    skew = [0.0]
+
+    def handle(conn: socket.socket) -> None:
+        conn.sendall(b"220 mx.test ESMTP\r\n")
+        conn.recv(4096)  # EHLO, never answered
+        conn.recv(4096)  # held open until the client leaves
+
+    with running(TcpServer(handle)) as server:
+        result = probe(
+            parse_target(f"smtp://mx.test:{server.port}"), ProbeSettings(timeout=timeout),
+            clock=lambda: time.monotonic() + skew[0],
+            getaddrinfo=_slow_lookup(server.port, skew, lookup),
+        )  # fmt: skip
+    message = _failed(result, ErrorKind.TIMEOUT)
+    assert message == (
+        f"mx.test:{server.port}: no answer during the smtp STARTTLS dialogue before the deadline"
+    )
+    # A deadline re-armed after connect would end 1.2 s (the lookup) later.
+    assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
+
+
+def test_one_deadline_spans_the_tds_dialogue_and_the_handshake_inside_it() -> None:
+    """SQL Server's handshake travels inside TDS packets, through the memory-BIO reader: after
+    a lookup that took most of the deadline and a pre-login that agrees to encrypt, a server
+    that never answers the ClientHello ends at the deadline made when the probe started."""
+    timeout, lookup = 2.0, 1.2
+    skew = [0.0]
+
+    def handle(conn: socket.socket) -> None:
+        header = conn.recv(8, socket.MSG_WAITALL)  # PRELOGIN
+        conn.recv(struct.unpack("!H", header[2:4])[0] - 8, socket.MSG_WAITALL)
+        options = prelogin_options([(0x00, bytes([16, 0, 3, 0xE8, 0, 0])), (0x01, b"\x01")])
+        conn.sendall(tds_packets(0x04, options))  # ENCRYPT_ON
+        conn.recv(4096)  # the ClientHello inside PRELOGIN packets, never answered
+        conn.recv(4096)
+
+    with running(TcpServer(handle)) as server:
+        result = probe(
+            parse_target(f"mssql://db.test:{server.port}"), ProbeSettings(timeout=timeout),
+            clock=lambda: time.monotonic() + skew[0],
+            getaddrinfo=_slow_lookup(server.port, skew, lookup),
+        )  # fmt: skip
+    message = _failed(result, ErrorKind.TIMEOUT)
+    assert (
+        message == f"db.test:{server.port}: no answer during the TLS handshake before the deadline"
+    )
     assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
 
 
