@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trackssl_agent.base import redaction
-from trackssl_agent.base.log_file import LogFileHandler
 
 LOGGER_NAME = "trackssl_agent"
 REDACTED = redaction.REDACTED
@@ -129,7 +128,10 @@ def setup_logging(
     handler: logging.Handler
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        # Never through a link someone else planted, at any open (``log_file``).
+        # Loaded only with a log file (logging.handlers takes 5 ms). Never opened through a
+        # link someone else planted, at any open (``log_file``).
+        from trackssl_agent.base.log_file import LogFileHandler  # noqa: PLC0415
+
         handler = LogFileHandler(file, max_bytes=_MAX_BYTES, backups=_BACKUPS)
     else:
         handler = logging.StreamHandler(stream or sys.stderr)

@@ -304,5 +304,6 @@ def test_without_a_usable_state_dir_results_are_posted_directly(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc tunable")
 def test_malloc_arenas_are_capped_where_glibc_allows() -> None:
-    """On glibc the arena cap that keeps run's idle memory low is accepted (mallopt says 1)."""
+    """On glibc the arena cap (8: memory scattered over at most 8 arenas, the probe threads
+    not queued on 2) is accepted (mallopt says 1)."""
     assert limit_malloc_arenas() is True

@@ -290,17 +290,20 @@ def test_missing_tokens_fail_and_the_api_is_still_checked(
 
 
 def test_render_text_puts_the_fix_on_warn_and_fail_only() -> None:
-    """The text form: the fix follows a warn or FAIL, never an ok; a count closes it."""
+    """The text form: the fix follows a warn or FAIL, never an ok, after "; " or, when the
+    detail ends a sentence (a question included), after a space; a count closes it."""
     text = checkup.render_text(
         [
             Check("a", Status.OK, "fine", "ignored"),
             Check("b", Status.WARN, "meh", "do x"),
             Check("c", Status.FAIL, "bad\x1b[2J", "do y"),
+            Check("d", Status.FAIL, "refused; is it running on this port?", "start it"),
         ]
     )
     assert text.splitlines() == [
         "ok    a  fine", "warn  b  meh; fix: do x", "FAIL  c  bad\\x1b[2J; fix: do y",
-        "doctor: 1 ok, 1 warn, 1 FAIL",
+        "FAIL  d  refused; is it running on this port? fix: start it",
+        "doctor: 1 ok, 1 warn, 2 FAIL",
     ]  # fmt: skip
     assert checkup.Diagnosis((Check("b", Status.WARN, "meh"),)).exit_code == 0
 

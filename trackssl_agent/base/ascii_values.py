@@ -12,7 +12,6 @@ exception.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from datetime import UTC, datetime
 
@@ -52,6 +51,8 @@ def http_date(text: str) -> datetime | None:
     datetime (UTC when it names no zone), or None."""
     if not text.isascii():
         return None
+    import email.utils  # noqa: PLC0415 - 7 ms at start-up, and only a Retry-After or Date needs it
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, OverflowError, IndexError):

@@ -23,7 +23,6 @@ from trackssl_agent.cli.options import (
     setting_option,
     setting_options,
 )
-from trackssl_agent.cli.probe_command import judged_run, render_results
 from trackssl_agent.cli.progress import ProgressLine
 from trackssl_agent.config import config, settings
 from trackssl_agent.engine import protocols
@@ -31,7 +30,6 @@ from trackssl_agent.engine.probe import address_family
 from trackssl_agent.engine.targets import read_targets_path
 from trackssl_agent.errors import AgentError, ExitCode, UsageError
 from trackssl_agent.log import get_logger, printable, redact
-from trackssl_agent.render import output_file
 
 if TYPE_CHECKING:  # the cycle (and the API client) is imported only when a command needs it
     from trackssl_agent.agent.cycle_report import CycleReport
@@ -135,6 +133,7 @@ def _local_mode(
 ) -> int:
     """``check-once --targets``: probe, judge and render as ``probe`` does (SPEC section 4a)."""
     from trackssl_agent.agent import compose  # noqa: PLC0415 - see check_once
+    from trackssl_agent.cli.probe_command import judged_run  # noqa: PLC0415 - local mode only
     from trackssl_agent.verdict.judge import Policy  # noqa: PLC0415 - judging only
 
     # Text on a terminal streams, and is its own progress: a rewritten stderr line would
@@ -155,6 +154,8 @@ def _check_mode_options(
     alone takes given in API mode, or an --output folder that cannot take the file."""
     if targets_file is not None:
         if output_path is not None:
+            from trackssl_agent.render import output_file  # noqa: PLC0415 - local mode only
+
             output_file.check_writable(output_path)
         return
     if starttls != protocols.AUTO:
@@ -173,6 +174,9 @@ def _render_cycle_report(
 ) -> int:
     """check-once's output in API mode: results if asked, the report line, the problem."""
     if as_json or dry_run:
+        # Rendering results is loaded only when they are shown (the API path posts them).
+        from trackssl_agent.cli.probe_command import render_results  # noqa: PLC0415
+
         render_results(cycle_report.results, fmt="json" if as_json else "text", now=now)
     label = "dry run (nothing posted)" if dry_run else "check-once"
     # The problem may quote what the API sent: redacted as a log line is.

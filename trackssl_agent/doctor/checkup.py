@@ -86,9 +86,11 @@ def render_text(checks: Sequence[Check]) -> str:
     width = min(max((len(check.check) for check in checks), default=0), _NAME_WIDTH)
     lines = []
     for check in checks:
-        line = f"{check.status.value:<4}  {check.check:<{width}}  {_clean(check.detail)}"
+        detail = _clean(check.detail)
+        line = f"{check.status.value:<4}  {check.check:<{width}}  {detail}"
         if check.fix and check.status is not Status.OK:
-            line += f"; fix: {_clean(check.fix)}"
+            # A detail that ends a sentence ("...on this port?") takes the fix as the next.
+            line += f"{' ' if detail.endswith(('?', '.', '!')) else '; '}fix: {_clean(check.fix)}"
         lines.append(line)
     counts = {status: sum(c.status is status for c in checks) for status in Status}
     lines.append(

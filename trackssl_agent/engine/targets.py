@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import idna
-
 from trackssl_agent.base.file_errors import cannot_read
 from trackssl_agent.engine import protocols
 from trackssl_agent.engine.protocols import Protocol
@@ -92,6 +90,8 @@ def encode_hostname(name: str) -> str:
     name = name.rstrip(".")
     if name.isascii():
         return name.lower()
+    import idna  # noqa: PLC0415 - its tables take 7 ms to load: only for a non-ASCII name
+
     return idna.encode(name, uts46=True).decode("ascii")
 
 
@@ -99,7 +99,7 @@ def _check_hostname(text: str, host: str) -> str:
     """Validate a DNS name; return it unchanged or raise a usage error quoting ``text``."""
     try:
         ascii_name = encode_hostname(host)
-    except idna.IDNAError as exc:
+    except UnicodeError as exc:  # idna.IDNAError is one
         reason = str(exc)
         reason = reason if len(reason) <= QUOTE_CHARS else reason[:QUOTE_CHARS] + "..."
         raise UsageError(
