@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -328,48 +328,47 @@ def test_one_deadline_spans_dns_connect_dialogue_and_handshake(full_backlog: int
     assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
 
 
-def _slow_lookup(port: int, skew: list[float], seconds: float) -> Any:
-    """A resolver that moves the probe's clock ``seconds`` forward, then gives 127.0.0.1."""
+def _ends_at_the_first_deadline(
+    handle: Callable[[socket.socket], None], scheme: str, during: str
+) -> None:
+    """Probe ``scheme://slow.test`` served by ``handle`` after a lookup that moved the
+    probe's clock 1.2 s of its 2 s deadline forward: it must time out ``during`` that stage at
+    the deadline made when the probe started (a deadline re-armed after the lookup, the
+    connection or the dialogue would end at least 1.2 s later)."""
+    timeout = 2.0
+    skew = [0.0]
 
     def resolver(*_args: object) -> list[tuple[Any, ...]]:
-        skew[0] += seconds
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        skew[0] += 0.6 * timeout
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port))]
 
-    return resolver
+    with running(TcpServer(handle)) as server:
+        result = probe(
+            parse_target(f"{scheme}://slow.test:{server.port}"), ProbeSettings(timeout=timeout),
+            clock=lambda: time.monotonic() + skew[0], getaddrinfo=resolver,
+        )  # fmt: skip
+    message = _failed(result, ErrorKind.TIMEOUT)
+    assert message == f"slow.test:{server.port}: no answer during {during} before the deadline"
+    assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
 
 
 def test_one_deadline_spans_a_slow_lookup_and_a_stalled_dialogue() -> None:
     """A lookup that took most of the deadline, then an SMTP server that greets and never
     answers EHLO: the dialogue ends at the deadline made when the probe started, not at one
     started after the connection (the dialogue's own, which the handshake does not use)."""
-    timeout, lookup = 2.0, 1.2
-    skew = [0.0]
 
     def handle(conn: socket.socket) -> None:
         conn.sendall(b"220 mx.test ESMTP\r\n")
         conn.recv(4096)  # EHLO, never answered
         conn.recv(4096)  # held open until the client leaves
 
-    with running(TcpServer(handle)) as server:
-        result = probe(
-            parse_target(f"smtp://mx.test:{server.port}"), ProbeSettings(timeout=timeout),
-            clock=lambda: time.monotonic() + skew[0],
-            getaddrinfo=_slow_lookup(server.port, skew, lookup),
-        )  # fmt: skip
-    message = _failed(result, ErrorKind.TIMEOUT)
-    assert message == (
-        f"mx.test:{server.port}: no answer during the smtp STARTTLS dialogue before the deadline"
-    )
-    # A deadline re-armed after connect would end 1.2 s (the lookup) later.
-    assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
+    _ends_at_the_first_deadline(handle, "smtp", "the smtp STARTTLS dialogue")
 
 
 def test_one_deadline_spans_the_tds_dialogue_and_the_handshake_inside_it() -> None:
     """SQL Server's handshake travels inside TDS packets, through the memory-BIO reader: after
     a lookup that took most of the deadline and a pre-login that agrees to encrypt, a server
     that never answers the ClientHello ends at the deadline made when the probe started."""
-    timeout, lookup = 2.0, 1.2
-    skew = [0.0]
 
     def handle(conn: socket.socket) -> None:
         header = conn.recv(8, socket.MSG_WAITALL)  # PRELOGIN
@@ -379,17 +378,7 @@ def test_one_deadline_spans_the_tds_dialogue_and_the_handshake_inside_it() -> No
         conn.recv(4096)  # the ClientHello inside PRELOGIN packets, never answered
         conn.recv(4096)
 
-    with running(TcpServer(handle)) as server:
-        result = probe(
-            parse_target(f"mssql://db.test:{server.port}"), ProbeSettings(timeout=timeout),
-            clock=lambda: time.monotonic() + skew[0],
-            getaddrinfo=_slow_lookup(server.port, skew, lookup),
-        )  # fmt: skip
-    message = _failed(result, ErrorKind.TIMEOUT)
-    assert (
-        message == f"db.test:{server.port}: no answer during the TLS handshake before the deadline"
-    )
-    assert timeout * 0.9 <= result.elapsed_ms / 1000 < timeout * 1.25
+    _ends_at_the_first_deadline(handle, "mssql", "the TLS handshake")
 
 
 def test_a_bug_in_a_stage_still_gives_the_target_a_result() -> None:
