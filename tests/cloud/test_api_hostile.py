@@ -4,9 +4,7 @@ entries summarised. All against the real loopback API of ``tests/api_server.py``
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +49,9 @@ def client(server_url: str, **overrides: Any) -> ApiClient:
 
 
 @pytest.fixture
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A working directory without environment.txt and no TRACKSSL_* variables."""
-    import os  # noqa: PLC0415 - only this fixture needs it
-
-    for name in [n for n in os.environ if n.startswith("TRACKSSL_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TRACKSSL_STATE_DIR", str(tmp_path / "state"))
-    yield tmp_path
-    logger = logging.getLogger(log.LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+def clean_env(env: Path) -> Path:
+    """``env``'s working directory: no environment.txt and no TRACKSSL_* variables."""
+    return env / "work"
 
 
 @pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])

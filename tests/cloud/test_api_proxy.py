@@ -47,6 +47,19 @@ def assert_direct(server: ApiServer, proxy: RecordingProxy, output: str) -> None
     assert PASSWORD not in output
 
 
+def _run_proxied(
+    args: list[str], api_server: ApiServer, url: str, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], RecordingProxy]:
+    """The agent run to its end with ``args``, TRACKSSL_URL ``url`` and every proxy variable
+    pointing at a recording proxy; its outcome, and the proxy (closed) with what it got."""
+    with RecordingProxy() as proxy:
+        done = subprocess.run(
+            [*AGENT, *args], env=proxied_env(api_server, proxy, tmp_path / "state", url),
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    return done, proxy
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_check_once_never_sends_loopback_http_through_a_proxy(
     api_server: ApiServer, good: list[TcpServer], tmp_path: Path, host: str
@@ -54,13 +67,8 @@ def test_check_once_never_sends_loopback_http_through_a_proxy(
     """check-once with TRACKSSL_URL=http://<loopback>:PORT and every proxy variable set:
     the domain list and the post go straight to the API, the proxy receives no byte."""
     api_server.domains = domain_entries({1: good[0].port})
-    with RecordingProxy() as proxy:
-        url = f"http://{host}:{api_server.port}"
-        done = subprocess.run(
-            [*AGENT, "check-once", "--log-level", "debug"],
-            env=proxied_env(api_server, proxy, tmp_path / "state", url),
-            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+    url = f"http://{host}:{api_server.port}"
+    done, proxy = _run_proxied(["check-once", "--log-level", "debug"], api_server, url, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert api_server.posted_ids() == [1]
@@ -96,13 +104,8 @@ def test_doctor_reaches_a_loopback_http_api_directly(api_server: ApiServer, tmp_
     """doctor with every proxy variable set and a loopback http URL: its connection steps
     and the auth step go direct, the proxy line says why, no tunnel is claimed."""
     api_server.domains = domain_entries({1: 1})
-    with RecordingProxy() as proxy:
-        url = f"http://localhost:{api_server.port}"
-        done = subprocess.run(
-            [*AGENT, "doctor", "--targets-sample", "0"],
-            env=proxied_env(api_server, proxy, tmp_path / "state", url),
-            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+    url = f"http://localhost:{api_server.port}"
+    done, proxy = _run_proxied(["doctor", "--targets-sample", "0"], api_server, url, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "opened a tunnel" not in output

@@ -4,17 +4,14 @@ user would, through the console entry point."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.api_server import ApiServer
 from tests.cli_helpers import run_cli
-from trackssl_agent import log
 from trackssl_agent.config import config
 from trackssl_agent.errors import ConfigError
 
@@ -23,17 +20,9 @@ TOKEN = "tsk_live_Pasted0Alone1Token2"  # noqa: S105 - a test-only token
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A working directory and an environment without any TRACKSSL_* variable."""
-    for name in [n for n in os.environ if n.startswith("TRACKSSL_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TRACKSSL_STATE_DIR", str(tmp_path / "state"))
-    yield tmp_path
-    logger = logging.getLogger(log.LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+def home(env: Path) -> Path:
+    """``env``'s working directory: an environment without any TRACKSSL_* variable."""
+    return env / "work"
 
 
 def write_env(home: Path, text: str | bytes) -> Path:

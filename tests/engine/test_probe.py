@@ -226,9 +226,10 @@ def test_unresolvable_name_is_dns() -> None:
     assert "no-such-host.invalid" in result.error.message
 
 
-def test_sends_only_handshake_and_closes(rsa_chain: Chain) -> None:
-    """The server sees a ClientHello first, no application data, and the client closes."""
-    context = tls_servers.server_context(rsa_chain, max_version=ssl.TLSVersion.TLSv1_2)
+def _recorded_probe(chain: Chain) -> bytes:
+    """What a probe of a TLS 1.2 server presenting ``chain`` sent, through a recording
+    proxy, once the client closed; the probe must have succeeded."""
+    context = tls_servers.server_context(chain, max_version=ssl.TLSVersion.TLSv1_2)
     with tls_servers.running(tls_servers.tls_server(context)) as backend:
         proxy = tls_servers.RecordingProxy(backend.port)
         try:
@@ -237,7 +238,12 @@ def test_sends_only_handshake_and_closes(rsa_chain: Chain) -> None:
         finally:
             proxy.close()
     assert result.ok
-    sent = bytes(proxy.received)
+    return bytes(proxy.received)
+
+
+def test_sends_only_handshake_and_closes(rsa_chain: Chain) -> None:
+    """The server sees a ClientHello first, no application data, and the client closes."""
+    sent = _recorded_probe(rsa_chain)
     assert sent[0] == 0x16
     assert b"GET " not in sent
     assert set(tls_servers.record_types(sent)) <= {0x14, 0x15, 0x16}  # no 0x17 app data
@@ -272,16 +278,7 @@ def _client_hello_extensions(stream: bytes) -> list[int]:
 def test_the_client_hello_asks_for_no_session_ticket(rsa_chain: Chain) -> None:
     """A probe never resumes a session, so its ClientHello carries no session_ticket
     extension (35) and a TLS 1.2 server mints and encrypts no ticket for it."""
-    context = tls_servers.server_context(rsa_chain, max_version=ssl.TLSVersion.TLSv1_2)
-    with tls_servers.running(tls_servers.tls_server(context)) as backend:
-        proxy = tls_servers.RecordingProxy(backend.port)
-        try:
-            result = probe(parse_target(f"127.0.0.1:{proxy.port}"), FAST)
-            assert proxy.client_closed.wait(5)
-        finally:
-            proxy.close()
-    assert result.ok
-    extensions = _client_hello_extensions(bytes(proxy.received))
+    extensions = _client_hello_extensions(_recorded_probe(rsa_chain))
     assert 0x000D in extensions  # signature_algorithms: the parse found the extensions
     assert 0x0023 not in extensions
 
